@@ -1,0 +1,200 @@
+"""Stage 5: the engine. TensorRT through Polygraphy's loaders (strongly typed) or an ONNX Runtime CPU model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import runs
+from .config import check_choice, resolve_target, tensorrt_available
+from .errors import BuildError
+
+log = logging.getLogger(__name__)
+STAGE = "build"
+HW_COMPAT = ("none", "ampere_plus", "same_compute_capability")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    target: str = "auto"  # tensorrt | cpu | auto
+    batch_sizes: tuple[int, ...] = (1, 8, 32)  # TensorRT optimization profile: min, opt (middle), max
+    timing_cache: str = ""  # TensorRT timing cache to load and extend; empty: artifacts/timing.cache
+    hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
+    version_compatible: bool = False  # TensorRT version-compatible plan (lean runtime)
+
+    def __post_init__(self) -> None:
+        resolve_target(self.target)
+        check_choice("hardware_compatibility", self.hardware_compatibility, HW_COMPAT)
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise BuildError(f"parameter 'batch_sizes' = {self.batch_sizes!r}: give positive batch sizes, e.g. 1,8,32")
+
+
+@dataclass
+class BuildResult:
+    status: str
+    backend: str  # tensorrt | onnxruntime | none
+    target: str
+    reason: str = ""
+    engine: str = ""  # relative to the run folder
+    engine_sha256: str = ""
+    engine_bytes: int = 0
+    source_onnx: str = ""
+    details: dict = field(default_factory=dict)
+    layer_precisions: dict = field(default_factory=dict)
+    commands: list = field(default_factory=list)  # equivalent or finishing command lines
+    seconds: float = 0.0
+
+
+def tensorrt_commands(onnx_path: str, engine_path: str, input_name: str, imgsz: int,
+                      batch_sizes: tuple[int, ...], cache: str) -> list[str]:
+    """Return the trtexec and polygraphy command lines equivalent to the TensorRT build."""
+    lo, opt, hi = profile_batches(batch_sizes)
+    shape = lambda b: f"{input_name}:{b}x3x{imgsz}x{imgsz}"  # noqa: E731
+    q = shlex.quote
+    return [
+        f"trtexec --onnx={q(onnx_path)} --stronglyTyped --saveEngine={q(engine_path)} --timingCacheFile={q(cache)} "
+        f"--minShapes={shape(lo)} --optShapes={shape(opt)} --maxShapes={shape(hi)} --profilingVerbosity=detailed",
+        f"polygraphy convert {q(onnx_path)} --strongly-typed -o {q(engine_path)} --load-timing-cache {q(cache)} "
+        f"--save-timing-cache {q(cache)} --trt-min-shapes {shape(lo)} --trt-opt-shapes {shape(opt)} "
+        f"--trt-max-shapes {shape(hi)} --profiling-verbosity detailed",
+    ]
+
+
+def profile_batches(batch_sizes: tuple[int, ...]) -> tuple[int, int, int]:
+    """Return (min, opt, max) batch for the optimization profile: opt is the middle requested size."""
+    ordered = sorted(set(batch_sizes))
+    return ordered[0], ordered[len(ordered) // 2], ordered[-1]
+
+
+_DTYPE = [("INT8", re.compile(r"\bint8\b", re.I)), ("FP8", re.compile(r"\bfp8\b", re.I)),
+          ("FP16", re.compile(r"\b(fp16|half)\b", re.I)), ("BF16", re.compile(r"\bbf16\b", re.I)),
+          ("FP32", re.compile(r"\b(fp32|float)\b", re.I)), ("INT32", re.compile(r"\bint32\b", re.I))]
+
+
+def _tensor_dtype(desc: str) -> str:
+    for name, pat in _DTYPE:
+        if pat.search(desc):
+            return name
+    return "other"
+
+
+def layer_precisions(inspector_json: str | dict, head_prefix: str) -> dict:
+    """Parse TensorRT's engine-inspector JSON (detailed verbosity) into a layer-precision table.
+
+    A layer's precision is the data type of its first input (a convolution fed INT8 runs INT8 even when
+    its output is FP16). Returns counts per precision, the reformat-layer count and the per-layer rows.
+    """
+    info = json.loads(inspector_json) if isinstance(inspector_json, str) else inspector_json
+    rows, counts, reformats, head_int8 = [], {}, 0, []
+    for layer in info.get("Layers", []):
+        if isinstance(layer, str):  # LAYER_NAMES_ONLY verbosity: no type information
+            raise BuildError("engine inspector returned names only: build with profiling_verbosity=DETAILED")
+        name = layer.get("Name", "")
+        kind = layer.get("LayerType", "")
+        inputs = layer.get("Inputs", [])
+        outputs = layer.get("Outputs", [])
+        desc = (inputs or outputs or [{}])[0].get("Format/Datatype", "")
+        prec = _tensor_dtype(desc)
+        if kind == "Reformat" or "Reformatting CopyNode" in name:
+            reformats += 1
+        counts[prec] = counts.get(prec, 0) + 1
+        is_head = head_prefix in name
+        if is_head and prec == "INT8" and re.search(r"cv[23]\.\d+\.2/|/dfl/", name):
+            head_int8.append(name)
+        rows.append({"name": name, "type": kind, "precision": prec, "head": is_head})
+    return {"counts": counts, "reformat_layers": reformats, "head_int8_layers": head_int8, "layers": rows}
+
+
+def check_precisions(table: dict, recipe: str) -> None:
+    """Raise BuildError when a float-head recipe left a head layer in INT8, or an INT8 recipe has no INT8 layer."""
+    if recipe == "mixed" and table["head_int8_layers"]:
+        raise BuildError(f"head layers run INT8 in a mixed recipe: {', '.join(table['head_int8_layers'][:3])}")
+    if recipe in ("mixed", "int8") and not table["counts"].get("INT8"):
+        raise BuildError("no layer runs INT8 although the recipe quantizes: check the Q/DQ placement in the ONNX")
+
+
+def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
+    """Build the engine for the target, or record 'skipped' with the commands that finish it on the target."""
+    run_dir = Path(run_dir)
+    exp = runs.require_passed(run_dir, "export")
+    quant = runs.require_passed(run_dir, "quantize")
+    target = resolve_target(cfg.target)
+    src = run_dir / quant["onnx"]
+    with runs.Timer() as t:
+        if target == "cpu":
+            result = _build_onnxruntime(src, run_dir)
+        else:
+            ok, why = tensorrt_available()
+            cache = cfg.timing_cache or str(runs.REPO_ROOT / "artifacts" / "timing.cache")
+            engine = run_dir / STAGE / "model.plan"
+            cmds = tensorrt_commands(str(src), str(engine), exp["input_name"], int(exp["imgsz"]), cfg.batch_sizes, cache)
+            if not ok:
+                cmds.append(f"papermill notebooks/05_build.ipynb {run_dir}/05_build.ipynb -p run_dir {run_dir} -p target tensorrt")
+                result = BuildResult(status="skipped", backend="none", target=target, reason=why, source_onnx=quant["onnx"],
+                                     commands=cmds)
+            else:
+                result = _build_tensorrt(cfg, src, engine, exp, quant, cache)
+                result.commands = cmds
+    result.seconds = round(t.seconds, 2)
+    runs.write_result(run_dir, STAGE, result)
+    return result
+
+
+def _build_onnxruntime(src: Path, run_dir: Path) -> BuildResult:
+    import onnxruntime as ort
+
+    engine = runs.stage_dir(run_dir, STAGE) / "model.ort.onnx"
+    with runs.atomic_path(engine) as tmp:
+        opts = ort.SessionOptions()
+        # EXTENDED, not ALL: the saved model stays portable across CPUs (ALL bakes in layout for this one).
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(tmp)
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    return BuildResult(
+        status="passed", backend="onnxruntime", target="cpu", engine=f"{STAGE}/{engine.name}",
+        engine_sha256=runs.sha256(engine), engine_bytes=engine.stat().st_size, source_onnx=str(src.relative_to(run_dir)),
+        details={"onnxruntime": ort.__version__, "provider": "CPUExecutionProvider",
+                 "graph_optimization_level": "ORT_ENABLE_EXTENDED"},
+    )
+
+
+def _build_tensorrt(cfg: BuildConfig, src: Path, engine: Path, exp: dict, quant: dict, cache: str) -> BuildResult:
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    lo, opt, hi = profile_batches(cfg.batch_sizes)
+    size = int(exp["imgsz"])
+    profile = Profile().add(exp["input_name"], min=(lo, 3, size, size), opt=(opt, 3, size, size), max=(hi, 3, size, size))
+    hw = {"none": None, "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
+          "same_compute_capability": getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None)}
+    Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    config = CreateConfig(
+        profiles=[profile], load_timing_cache=cache if Path(cache).is_file() else None,
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED, hardware_compatibility_level=hw[cfg.hardware_compatibility],
+        version_compatible=cfg.version_compatible or None,
+    )
+    network = NetworkFromOnnxPath(str(src), strongly_typed=True)  # precision comes from the ONNX (Q/DQ + FP16)
+    plan = EngineBytesFromNetwork(network, config=config, save_timing_cache=cache)()
+    if not plan:
+        raise BuildError(f"{src}: TensorRT returned no engine; see the TensorRT log above")
+    with runs.atomic_path(engine) as tmp:
+        tmp.write_bytes(bytes(plan))
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    trt_engine = runtime.deserialize_cuda_engine(bytes(plan))
+    inspector = trt_engine.create_engine_inspector()
+    table = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON),
+                             f"/model.{exp['head_index']}/")
+    runs.write_json(engine.with_suffix(".layers.json"), table)
+    check_precisions(table, quant["recipe"])
+    return BuildResult(
+        status="passed", backend="tensorrt", target="tensorrt", engine=f"{STAGE}/{engine.name}",
+        engine_sha256=runs.sha256(engine), engine_bytes=engine.stat().st_size, source_onnx=quant["onnx"],
+        details={"tensorrt": trt.__version__, "profile": {"min": lo, "opt": opt, "max": hi}, "timing_cache": cache,
+                 "strongly_typed": True, "hardware_compatibility": cfg.hardware_compatibility,
+                 "version_compatible": cfg.version_compatible},
+        layer_precisions={k: v for k, v in table.items() if k != "layers"},
+    )

@@ -1,0 +1,64 @@
+"""`yolo-compile`: run a workflow (a chain of stage notebooks) into a new run folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from . import STAGES
+from .errors import CompileError
+
+
+def _parse_set(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompileError(f"--set {item!r}: expected key=value, e.g. --set target=cpu")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 passed, 1 a stage failed, 2 bad input)."""
+    ap = argparse.ArgumentParser(prog="yolo-compile", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a workflow: yolo-compile run default [--model M.pt] [--set key=value]")
+    r.add_argument("workflow", help="a name in workflows/ (default, fp16) or a path to a workflow .yaml")
+    r.add_argument("--model", help="Ultralytics .pt (or model .yaml); default: the reference AOI detector")
+    r.add_argument("--calib", help="calibration image folder; default: calib_data/aoi")
+    r.add_argument("--eval", help="held-out image folder for the compare stage; default: the reference val split")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
+    r.add_argument("--artifacts", help="where run folders go; default: artifacts/runs")
+    sub.add_parser("params", help="list every stage parameter with its type and default")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from .workflow import config_class, run_workflow
+
+    if args.cmd == "params":
+        for stage in STAGES:
+            for f in dataclasses.fields(config_class(stage)):
+                default = "(required)" if f.default is dataclasses.MISSING else repr(f.default)
+                print(f"{stage:<11} {f.name:<24} {str(f.type):<18} {default}")
+        return 0
+    try:
+        overrides = _parse_set(args.set)
+        for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
+            if value:
+                overrides[key] = value
+        run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts)
+    except CompileError as e:
+        print(f"yolo-compile: {e}", file=sys.stderr)
+        return 2
+    width = max(len(s) for s in manifest["stages"]) if manifest["stages"] else 5
+    for stage, info in manifest["stages"].items():
+        extra = info.get("error") or info.get("reason") or ""
+        print(f"  {stage:<{width}}  {info.get('status'):<8} {info.get('seconds', 0):>7.1f} s  {extra}")
+    print(f"{manifest['status']}: {run_dir}/report.html")
+    return 0 if manifest["status"] == "passed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Stage 4: Polygraphy runs FP32 and quantized models on held-out real images; box and score channels judged apart."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import images, runs
+from .config import check_positive
+from .errors import CompareError
+
+log = logging.getLogger(__name__)
+STAGE = "compare"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    eval_dir: str  # held-out real images (never the calibration images)
+    eval_images: int = 16  # how many to run; sampled with eval_seed
+    eval_seed: int = 1  # sampling seed for the held-out images
+    box_atol: float = 4.0  # gate: p99 |FP32 - quantized| of box coordinates (pixels) on confident anchors
+    score_atol: float = 0.05  # gate: p99 |FP32 - quantized| of class scores (0..1) over all anchors
+    conf: float = 0.25  # FP32 score above which an anchor's box is judged
+
+    def __post_init__(self) -> None:
+        check_positive("eval_images", self.eval_images)
+        check_positive("box_atol", self.box_atol)
+        check_positive("score_atol", self.score_atol)
+
+
+@dataclass
+class CompareResult:
+    status: str
+    passed: bool
+    reasons: list
+    images: int
+    stats: dict = field(default_factory=dict)  # {output: {boxes: {...}, scores: {...}}}
+    thresholds: dict = field(default_factory=dict)
+    polygraphy: dict = field(default_factory=dict)
+    plot: str = ""
+    seconds: float = 0.0
+
+
+def error_stats(diff: np.ndarray) -> dict:
+    """Return max/mean/median/p99 of |diff| (and how many elements) as plain floats."""
+    d = np.abs(diff.astype(np.float64)).ravel()
+    if d.size == 0:
+        return {"count": 0, "max": 0.0, "mean": 0.0, "median": 0.0, "p99": 0.0}
+    return {"count": int(d.size), "max": float(d.max()), "mean": float(d.mean()),
+            "median": float(np.median(d)), "p99": float(np.quantile(d, 0.99))}
+
+
+class YoloCompareFunc:
+    """Polygraphy compare_func for raw YOLO outputs (B, 4 + classes, anchors): boxes and scores judged apart.
+
+    Boxes are pixel coordinates and only matter where the FP32 model is confident, so they are judged on
+    anchors whose best FP32 score reaches `conf`; scores are judged everywhere. NaN or Inf always fails.
+    """
+
+    def __init__(self, box_atol: float, score_atol: float, conf: float):
+        self.box_atol, self.score_atol, self.conf = box_atol, score_atol, conf
+        self.diffs: dict[str, dict[str, list[np.ndarray]]] = {}
+        self.nonfinite: dict[str, int] = {}
+        self.confident: dict[str, int] = {}
+
+    def __call__(self, ref, test) -> dict[str, bool]:
+        verdicts = {}
+        for name in ref.keys():
+            a = np.asarray(ref[name].numpy() if hasattr(ref[name], "numpy") else ref[name], dtype=np.float32)
+            b = np.asarray(test[name].numpy() if hasattr(test[name], "numpy") else test[name], dtype=np.float32)
+            bad = int((~np.isfinite(b)).sum() + (~np.isfinite(a)).sum())
+            self.nonfinite[name] = self.nonfinite.get(name, 0) + bad
+            mask = a[:, 4:, :].max(axis=1) >= self.conf  # (B, anchors)
+            self.confident[name] = self.confident.get(name, 0) + int(mask.sum())
+            box_diff = (a[:, :4, :] - b[:, :4, :]).transpose(0, 2, 1)[mask]
+            score_diff = a[:, 4:, :] - b[:, 4:, :]
+            store = self.diffs.setdefault(name, {"boxes": [], "scores": []})
+            store["boxes"].append(box_diff.ravel())
+            store["scores"].append(score_diff.ravel())
+            ok_box = box_diff.size == 0 or float(np.quantile(np.abs(box_diff), 0.99)) <= self.box_atol
+            ok_score = float(np.quantile(np.abs(score_diff), 0.99)) <= self.score_atol
+            verdicts[f"{name}[boxes]"] = bool(ok_box and bad == 0)
+            verdicts[f"{name}[scores]"] = bool(ok_score and bad == 0)
+        return verdicts
+
+    def summary(self) -> tuple[dict, list[str]]:
+        """Return (stats per output and channel group, reasons the gate failed: empty when it passed)."""
+        stats, reasons = {}, []
+        for name, groups in self.diffs.items():
+            boxes = np.concatenate(groups["boxes"]) if groups["boxes"] else np.zeros(0)
+            scores = np.concatenate(groups["scores"])
+            stats[name] = {"boxes": error_stats(boxes), "scores": error_stats(scores),
+                           "confident_anchors": self.confident[name], "nonfinite": self.nonfinite[name]}
+            if self.nonfinite[name]:
+                reasons.append(f"{name}: {self.nonfinite[name]} NaN/Inf values")
+            if boxes.size and stats[name]["boxes"]["p99"] > self.box_atol:
+                reasons.append(f"{name} boxes: p99 error {stats[name]['boxes']['p99']:.3g} px > box_atol {self.box_atol}")
+            if stats[name]["scores"]["p99"] > self.score_atol:
+                reasons.append(f"{name} scores: p99 error {stats[name]['scores']['p99']:.3g} > score_atol {self.score_atol}")
+        return stats, reasons
+
+
+def held_out_images(folder: Path, n: int, seed: int, calib_sha: set[str]) -> list[Path]:
+    """Return up to n images from folder, refusing any that the calibration set used (by sha256)."""
+    from .calibrate import sample
+
+    if not folder.is_dir():
+        raise CompareError(f"{folder}: held-out image folder not found; pass eval_dir=DIR with real frames not used for calibration")
+    found = images.list_images(folder)
+    if not found:
+        raise CompareError(f"{folder}: holds no images; pass eval_dir=DIR with real held-out frames")
+    chosen = sample(found, n, seed)
+    reused = [p.name for p in chosen if runs.sha256(p) in calib_sha]
+    if reused:
+        raise CompareError(
+            f"{folder}: {len(reused)} image(s) were used for calibration (e.g. {reused[0]}); compare on held-out images only"
+        )
+    return chosen
+
+
+def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
+    """Run FP32 vs quantized through Polygraphy on held-out images and gate on the error statistics."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    run_dir = Path(run_dir)
+    exp = runs.require_passed(run_dir, "export")
+    quant = runs.require_passed(run_dir, "quantize")
+    try:
+        calib_sha = {f["sha256"] for f in runs.read_result(run_dir, "calibrate").get("files", [])}
+    except Exception:
+        calib_sha = set()
+    chosen = held_out_images(Path(cfg.eval_dir), cfg.eval_images, cfg.eval_seed, calib_sha)
+    size = int(exp["imgsz"])
+    feeds = []
+    for p in chosen:
+        try:
+            feeds.append({exp["input_name"]: images.load_tensor(p, size)[None]})
+        except ValueError as e:
+            raise CompareError(str(e)) from None
+    func = YoloCompareFunc(cfg.box_atol, cfg.score_atol, cfg.conf)
+    with runs.Timer() as t:
+        runners = [
+            OnnxrtRunner(SessionFromOnnx(str(run_dir / exp["onnx"]), providers=["cpu"]), name="fp32"),
+            OnnxrtRunner(SessionFromOnnx(str(run_dir / quant["onnx"]), providers=["cpu"]), name=f"quant-{quant['recipe']}"),
+        ]
+        results = Comparator.run(runners, data_loader=feeds)
+        # Polygraphy's own per-output report (logged), with a tolerance wide enough to be informative only.
+        standard = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=1e9, check_error_stat="median"))
+        Comparator.compare_accuracy(results, compare_func=func)
+    stats, reasons = func.summary()
+    plot = _plot(func, run_dir / STAGE / "errors.png")
+    result = CompareResult(
+        status="passed" if not reasons else "failed", passed=not reasons, reasons=reasons, images=len(feeds),
+        stats=stats, thresholds={"box_atol": cfg.box_atol, "score_atol": cfg.score_atol, "conf": cfg.conf},
+        polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard)},
+        plot=f"{STAGE}/{plot.name}", seconds=round(t.seconds, 2),
+    )
+    runs.write_result(run_dir, STAGE, result)
+    if reasons:
+        raise CompareError("accuracy gate failed: " + "; ".join(reasons) + " (loosen the thresholds only with evidence)")
+    return result
+
+
+def _plot(func: YoloCompareFunc, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, group, unit, atol in ((axes[0], "boxes", "px", func.box_atol), (axes[1], "scores", "", func.score_atol)):
+        for name, groups in func.diffs.items():
+            d = np.abs(np.concatenate(groups[group])) if groups[group] else np.zeros(1)
+            ax.hist(d[np.isfinite(d)] + 1e-9, bins=60, log=True, alpha=0.7, label=name)
+        ax.axvline(atol, color="red", linestyle="--", label=f"gate {atol}")
+        ax.set_title(f"|FP32 - quantized| {group}")
+        ax.set_xlabel(unit or "score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,101 @@
+"""Strict, typed stage configs: unknown or mistyped parameters are errors, never warnings."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+TARGETS = ("auto", "tensorrt", "cpu")
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """Return value converted to the field type, or raise ConfigError naming the parameter."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"parameter '{name}': expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_coerce(name, v, item) for v in value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"parameter '{name}': expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"parameter '{name}': expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter '{name}': expected an integer, got {value!r}") from None
+    if kind is float:
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter '{name}': expected a number, got {value!r}") from None
+        if out != out:
+            raise ConfigError(f"parameter '{name}': NaN is not a threshold; give a number")
+        return out
+    if kind is str:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"parameter '{name}': expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type, params: Mapping[str, Any]):
+    """Return cls(**params) with every value coerced to its field type; unknown names are errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__}: unknown parameter(s) {', '.join(unknown)}; expected some of: {', '.join(fields)}"
+        )
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in params.items()}
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{cls.__name__}: missing required parameter(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError unless value is one of choices."""
+    if value not in choices:
+        raise ConfigError(f"parameter '{name}' = {value!r}: expected one of {', '.join(choices)}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raise ConfigError unless value > 0."""
+    if not value > 0:
+        raise ConfigError(f"parameter '{name}' = {value!r}: must be greater than 0")
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """Return (usable, reason): TensorRT importable and an NVIDIA GPU visible to the driver."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, "the Python package 'tensorrt' is not installed (pip install 'yolo-compile[tensorrt]' on an NVIDIA host)"
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if not (gpus.is_dir() and any(gpus.iterdir())) and not os.environ.get("YOLO_COMPILE_ASSUME_GPU"):
+        return False, "no NVIDIA GPU is visible (/proc/driver/nvidia/gpus is empty)"
+    return True, "tensorrt imports and an NVIDIA GPU is present"
+
+
+def resolve_target(target: str) -> str:
+    """Return 'tensorrt' or 'cpu' for a target parameter ('auto' picks TensorRT where it can run)."""
+    check_choice("target", target, TARGETS)
+    if target != "auto":
+        return target
+    return "tensorrt" if tensorrt_available()[0] else "cpu"

@@ -1,0 +1,41 @@
+"""One error family; messages name the file, the value and the fix."""
+
+
+class CompileError(Exception):
+    """Base of every error yolo-compile raises on purpose."""
+
+
+class ConfigError(CompileError):
+    """A parameter is unknown, mistyped or out of range."""
+
+
+class RunFolderError(CompileError):
+    """A run folder lacks what a stage needs (usually: an earlier stage did not run)."""
+
+
+class ExportError(CompileError):
+    pass
+
+
+class CalibrationError(CompileError):
+    pass
+
+
+class QuantizeError(CompileError):
+    pass
+
+
+class CompareError(CompileError):
+    pass
+
+
+class BuildError(CompileError):
+    pass
+
+
+class ThroughputError(CompileError):
+    pass
+
+
+class WorkflowError(CompileError):
+    pass

@@ -1,0 +1,146 @@
+"""Stage 1: Ultralytics .pt (or model .yaml) -> ONNX with a static image size, opset >= 17, simplified."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import runs
+from .config import check_positive
+from .errors import ExportError
+
+log = logging.getLogger(__name__)
+STAGE = "export"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str  # .pt checkpoint or Ultralytics model .yaml (random weights: plumbing only)
+    imgsz: int = 640  # square input size, a multiple of 32
+    opset: int = 19  # ONNX opset, >= 17
+    dynamic_batch: bool = True  # batch axis symbolic (image size stays static) so build/throughput can sweep batch
+
+    def __post_init__(self) -> None:
+        check_positive("imgsz", self.imgsz)
+        if self.imgsz % 32:
+            raise ExportError(f"parameter 'imgsz' = {self.imgsz}: must be a multiple of 32 (YOLO's largest stride)")
+        if self.opset < 17:
+            raise ExportError(f"parameter 'opset' = {self.opset}: must be >= 17")
+
+
+@dataclass
+class ExportResult:
+    status: str
+    onnx: str  # relative to the run folder
+    checkpoint: str
+    checkpoint_sha256: str
+    onnx_sha256: str
+    onnx_bytes: int
+    input_name: str
+    input_shape: list
+    output_name: str
+    output_shape: list
+    imgsz: int
+    opset: int
+    class_names: dict
+    num_classes: int
+    head_index: int
+    head_type: str
+    model_yaml: str
+    seconds: float = 0.0
+    source: dict = field(default_factory=dict)
+
+
+def offline_ultralytics() -> None:
+    """Stop Ultralytics from reaching the network: no auto-installs, no hub checks, no downloads."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_VERBOSE", "false")
+
+
+def load_model(path: Path):
+    """Return an ultralytics.YOLO for a .pt or .yaml, with a one-line error naming the file on failure."""
+    offline_ultralytics()
+    from ultralytics import YOLO
+
+    if path.suffix not in (".pt", ".yaml", ".yml"):
+        raise ExportError(f"{path}: expected an Ultralytics .pt checkpoint or model .yaml, got '{path.suffix}'")
+    if path.suffix == ".pt" and not path.is_file():
+        raise ExportError(f"{path}: no such checkpoint; pass --model PATH to an existing .pt")
+    try:
+        model = YOLO(str(path), task="detect")
+    except Exception as e:  # ultralytics raises many types for bad files
+        raise ExportError(f"{path}: could not be loaded as an Ultralytics detector ({type(e).__name__}: {e})") from e
+    if getattr(model, "task", None) != "detect":
+        raise ExportError(f"{path}: task is {model.task!r}; yolo-compile compiles detection models only")
+    return model
+
+
+def fix_image_size(onnx_path: Path, imgsz: int) -> None:
+    """Make H and W static in a dynamic-axes export and fold the shape arithmetic away (batch stays symbolic)."""
+    import onnx
+    import onnxslim
+
+    model = onnx.load(str(onnx_path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_param = "batch"
+    dims[2].dim_value = imgsz
+    dims[3].dim_value = imgsz
+    for out in model.graph.output:
+        out_dims = out.type.tensor_type.shape.dim
+        out_dims[0].dim_param = "batch"
+        for d in out_dims[1:]:
+            d.Clear()
+    del model.graph.value_info[:]
+    slim = onnxslim.slim(model)
+    with runs.atomic_path(onnx_path) as tmp:
+        onnx.save(slim, str(tmp))
+
+
+def run(cfg: ExportConfig, run_dir: str | Path) -> ExportResult:
+    """Export the model into run_dir/export/ and return what the next stages need to know about it."""
+    import onnx
+
+    out = runs.stage_dir(run_dir, STAGE)
+    src = Path(cfg.model)
+    if src.suffix in (".yaml", ".yml") and not src.is_file() and not src.name.startswith("yolo"):
+        raise ExportError(f"{src}: no such model file; pass --model PATH to a .pt or an Ultralytics .yaml")
+    with runs.Timer() as t:
+        source = {"path": str(src)}
+        model = load_model(src)
+        ckpt = out / "model.pt"
+        if src.suffix == ".pt":
+            source["sha256"] = runs.sha256(src)
+            shutil.copy2(src, ckpt)
+            model = load_model(ckpt)  # export writes beside the checkpoint: keep it inside the run folder
+        else:
+            model.save(str(ckpt))
+        head = model.model.model[-1]
+        log.info("exporting %s at %d px, opset %d", src, cfg.imgsz, cfg.opset)
+        exported = Path(model.export(format="onnx", imgsz=cfg.imgsz, opset=cfg.opset, simplify=True,
+                                     dynamic=cfg.dynamic_batch, batch=1, device="cpu", verbose=False))
+        onnx_path = out / "model.onnx"
+        if exported.resolve() != onnx_path.resolve():
+            os.replace(exported, onnx_path)
+        if cfg.dynamic_batch:
+            fix_image_size(onnx_path, cfg.imgsz)
+        proto = onnx.load(str(onnx_path))
+        onnx.checker.check_model(proto)
+        inp, outp = proto.graph.input[0], proto.graph.output[0]
+        shape = lambda v: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]  # noqa: E731
+        names = {int(k): str(v) for k, v in model.names.items()}
+        if shape(outp)[1] != 4 + len(names):
+            raise ExportError(f"{onnx_path}: output {outp.name} has {shape(outp)[1]} channels, expected 4 + {len(names)} classes")
+    result = ExportResult(
+        status="passed", onnx="export/model.onnx", checkpoint="export/model.pt",
+        checkpoint_sha256=runs.sha256(ckpt), onnx_sha256=runs.sha256(onnx_path), onnx_bytes=onnx_path.stat().st_size,
+        input_name=inp.name, input_shape=shape(inp), output_name=outp.name, output_shape=shape(outp),
+        imgsz=cfg.imgsz, opset=cfg.opset, class_names=names, num_classes=len(names),
+        head_index=int(head.i), head_type=type(head).__name__, model_yaml=str(model.model.yaml.get("yaml_file", "")),
+        seconds=round(t.seconds, 2), source=source,
+    )
+    runs.write_result(run_dir, STAGE, result)
+    return result

@@ -1,0 +1,183 @@
+"""Stage 3: ModelOpt ONNX PTQ -> Q/DQ ONNX: INT8 backbone and neck, the detection head kept in float."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .config import check_choice, resolve_target
+from .errors import QuantizeError
+
+log = logging.getLogger(__name__)
+STAGE = "quantize"
+RECIPES = ("mixed", "int8", "float")
+METHODS = ("entropy", "max")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    target: str = "auto"  # tensorrt | cpu | auto: the head's float type follows it (FP16 for TensorRT, FP32 for CPU)
+    recipe: str = "mixed"  # mixed: INT8 + float head; int8: head quantized too; float: no INT8 (the baseline)
+    calibration_method: str = "entropy"  # entropy | max
+
+    def __post_init__(self) -> None:
+        check_choice("recipe", self.recipe, RECIPES)
+        check_choice("calibration_method", self.calibration_method, METHODS)
+        resolve_target(self.target)  # validates the name
+
+
+@dataclass
+class QuantizeResult:
+    status: str
+    onnx: str
+    onnx_sha256: str
+    onnx_bytes: int
+    fp32_bytes: int
+    target: str
+    recipe: str
+    calibration_method: str
+    high_precision_dtype: str
+    calibration_images: int
+    op_counts: dict = field(default_factory=dict)
+    quantized_nodes: list = field(default_factory=list)  # compute nodes fed by DequantizeLinear
+    head_nodes: list = field(default_factory=list)  # nodes of the detection head kept in float
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeadNodes:
+    """The detection head's nodes in an Ultralytics ONNX graph, split by role."""
+
+    output_convs: tuple[str, ...]  # /model.<i>/cv2.k/cv2.k.2/Conv (boxes) and cv3.k.2 (classes)
+    dfl: tuple[str, ...]
+    decode: tuple[str, ...]  # Softmax, Sub/Add/Mul, Concat, Sigmoid, Reshape... after the convs
+    branch: tuple[str, ...]  # the 3x3 convs cv2.k.0/1, cv3.k.0/1 and their activations (INT8 in 'mixed')
+
+    @property
+    def kept_float(self) -> tuple[str, ...]:
+        """Names that the 'mixed' recipe keeps in high precision."""
+        return self.output_convs + self.dfl + self.decode
+
+
+def find_head(graph, head_index: int) -> HeadNodes:
+    """Classify the nodes under /model.<head_index>/ (read from the model, never hard-coded)."""
+    prefix = f"/model.{head_index}/"
+    names = [n.name for n in graph.node if n.name.startswith(prefix)]
+    if not names:
+        raise QuantizeError(
+            f"no ONNX node is named '{prefix}...': the graph was not exported by Ultralytics with head index {head_index}"
+        )
+    out_conv = re.compile(re.escape(prefix) + r"cv[23]\.\d+/cv[23]\.\d+\.2/")
+    branch = re.compile(re.escape(prefix) + r"cv[23]\.\d+/cv[23]\.\d+\.[01]/")
+    dfl = re.compile(re.escape(prefix) + r"dfl/")
+    groups: dict[str, list[str]] = {"out": [], "dfl": [], "branch": [], "decode": []}
+    for n in names:
+        key = "out" if out_conv.match(n) else "dfl" if dfl.match(n) else "branch" if branch.match(n) else "decode"
+        groups[key].append(n)
+    if not groups["out"]:
+        raise QuantizeError(f"head '{prefix}' has no output convs (cv2.k.2 / cv3.k.2): not a YOLOv8/YOLO11 Detect head")
+    return HeadNodes(tuple(groups["out"]), tuple(groups["dfl"]), tuple(groups["decode"]), tuple(groups["branch"]))
+
+
+def inspect_qdq(onnx_path: Path) -> tuple[Counter, list[str]]:
+    """Return (op counts, names of non-Q/DQ nodes that take an input from a DequantizeLinear)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    quantized = [
+        n.name for n in graph.node
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+        and any(i in producer and producer[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
+    return Counter(n.op_type for n in graph.node), quantized
+
+
+def check_recipe(recipe: str, ops: Counter, quantized: list[str], head: HeadNodes, path: Path) -> None:
+    """Raise QuantizeError when the quantized graph does not match its recipe."""
+    if recipe == "float":
+        if ops.get("QuantizeLinear"):
+            raise QuantizeError(f"{path}: the float recipe produced {ops['QuantizeLinear']} QuantizeLinear nodes")
+        return
+    if not ops.get("QuantizeLinear") or not ops.get("DequantizeLinear"):
+        raise QuantizeError(f"{path}: ModelOpt inserted no Q/DQ nodes; nothing was quantized to INT8")
+    if recipe == "mixed":
+        leaked = sorted(set(quantized) & set(head.kept_float))
+        if leaked:
+            raise QuantizeError(f"{path}: head nodes were quantized despite the mixed recipe: {', '.join(leaked[:5])}")
+
+
+def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
+    """Quantize run_dir/export/model.onnx with the calibration array into run_dir/quantize/model.quant.onnx."""
+    import onnx
+
+    exp = runs.require_passed(run_dir, "export")
+    run_dir = Path(run_dir)
+    fp32 = run_dir / exp["onnx"]
+    target = resolve_target(cfg.target)
+    hp_dtype = "fp16" if target == "tensorrt" else "fp32"
+    head = find_head(onnx.load(str(fp32), load_external_data=False).graph, int(exp["head_index"]))
+    out = runs.stage_dir(run_dir, STAGE) / "model.quant.onnx"
+    n_images = 0
+    with runs.Timer() as t, runs.atomic_path(out) as tmp:
+        if cfg.recipe == "float":
+            _convert_float(fp32, tmp, hp_dtype)
+        else:
+            cal = runs.require_passed(run_dir, "calibrate")
+            data = _calibration_array(run_dir / cal["array"])
+            n_images = int(data.shape[0])
+            exclude = [re.escape(n) + "$" for n in head.kept_float] if cfg.recipe == "mixed" else []
+            log.info("ModelOpt INT8 PTQ: %s calibration on %d images, %d head nodes kept in %s",
+                     cfg.calibration_method, n_images, len(exclude), hp_dtype)
+            _modelopt_quantize(fp32, tmp, data, exp, cfg.calibration_method, exclude, hp_dtype)
+        ops, quantized = inspect_qdq(tmp)
+        check_recipe(cfg.recipe, ops, quantized, head, out)
+    result = QuantizeResult(
+        status="passed", onnx=f"{STAGE}/{out.name}", onnx_sha256=runs.sha256(out), onnx_bytes=out.stat().st_size,
+        fp32_bytes=fp32.stat().st_size, target=target, recipe=cfg.recipe, calibration_method=cfg.calibration_method,
+        high_precision_dtype=hp_dtype, calibration_images=n_images, op_counts=dict(ops.most_common()),
+        quantized_nodes=quantized, head_nodes=list(head.kept_float) if cfg.recipe == "mixed" else [],
+        seconds=round(t.seconds, 2),
+    )
+    runs.write_result(run_dir, STAGE, result)
+    return result
+
+
+def _calibration_array(path: Path) -> np.ndarray:
+    """Return the memory-mapped calibration array, refusing an empty or missing one (ModelOpt would use noise)."""
+    if not path.is_file():
+        raise QuantizeError(f"{path}: no calibration array; run the calibrate stage first (random data is refused)")
+    data = np.load(path, mmap_mode="r")
+    if data.ndim != 4 or data.shape[0] == 0:
+        raise QuantizeError(f"{path}: calibration array has shape {data.shape}; expected (N>0, 3, H, W) real images")
+    return data
+
+
+def _modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method: str,
+                       exclude: list[str], hp_dtype: str) -> None:
+    from modelopt.onnx.quantization import quantize
+
+    shape = [1 if not isinstance(d, int) else d for d in exp["input_shape"]]
+    quantize(
+        str(src), quantize_mode="int8", calibration_data=data, calibration_method=method,
+        calibration_eps=["cpu"],  # ORT-CUDA calibration crashes for many users; CPU is exact and enough
+        calibration_shapes=f"{exp['input_name']}:{'x'.join(map(str, shape))}",
+        nodes_to_exclude=exclude or None, high_precision_dtype=hp_dtype, output_path=str(dst), log_level="WARNING",
+    )
+
+
+def _convert_float(src: Path, dst: Path, hp_dtype: str) -> None:
+    import onnx
+
+    model = onnx.load(str(src))
+    if hp_dtype == "fp16":
+        from modelopt.onnx.autocast import convert_to_f16
+
+        model = convert_to_f16(model, keep_io_types=True)
+    onnx.save(model, str(dst))

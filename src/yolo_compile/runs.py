@@ -1,0 +1,254 @@
+"""The run folder: atomic writes, stage results, and the manifest (hashes, versions, device, status)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import RunFolderError
+
+MANIFEST = "manifest.json"
+TOOLS = ("torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxslim", "nvidia-modelopt",
+         "polygraphy", "papermill", "tensorrt", "numpy", "opencv-python")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write text atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write JSON atomically (dataclasses and Paths allowed) and return the path."""
+    return write_text(path, json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Return obj as plain JSON types (dataclasses, tuples, Paths and numpy scalars converted)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
+        return obj.item()
+    return obj
+
+
+def sha256(path: str | Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    """Return (and create) the folder of one stage inside the run folder."""
+    d = Path(run_dir) / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def write_result(run_dir: str | Path, stage: str, result: Any) -> Path:
+    """Write a stage's result dataclass as run_dir/<stage>/result.json and return that path."""
+    return write_json(stage_dir(run_dir, stage) / "result.json", result)
+
+
+def read_result(run_dir: str | Path, stage: str) -> dict:
+    """Return an earlier stage's result.json as a dict, or raise RunFolderError saying what to run."""
+    path = Path(run_dir) / stage / "result.json"
+    if not path.is_file():
+        raise RunFolderError(f"{path} does not exist: run the '{stage}' stage into run folder {run_dir} first")
+    return json.loads(path.read_text())
+
+
+def require_passed(run_dir: str | Path, stage: str) -> dict:
+    """Return an earlier stage's result, raising unless its status is 'passed'."""
+    res = read_result(run_dir, stage)
+    if res.get("status") != "passed":
+        raise RunFolderError(
+            f"{Path(run_dir) / stage / 'result.json'}: stage '{stage}' is {res.get('status')!r} "
+            f"({res.get('reason', 'no reason recorded')}); fix it and run it again first"
+        )
+    return res
+
+
+def new_run_dir(root: str | Path, fingerprint: dict) -> Path:
+    """Create and return artifacts/runs/<utc time>-<short hash of config + model>/."""
+    digest = hashlib.sha256(json.dumps(to_jsonable(fingerprint), sort_keys=True).encode()).hexdigest()[:8]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = Path(root) / f"{stamp}-{digest}"
+    suffix = 1
+    while run_dir.exists():
+        run_dir = Path(root) / f"{stamp}-{digest}-{suffix}"
+        suffix += 1
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Return the installed version of each tool the pipeline uses (None where absent)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    """Return the host's CPU, core count, memory and GPUs (via nvidia-smi where present)."""
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "cpu": _cpu_model(), "cores": os.cpu_count()}
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        info["gpus"] = [line.strip() for line in smi.stdout.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        info["gpus"] = []
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> set[str]:
+    """Return the CPU feature flags from /proc/cpuinfo (empty where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def git_commit() -> str | None:
+    """Return the repository's HEAD commit (with '-dirty' if the tree has changes), or None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_manifest(run_dir: str | Path) -> dict:
+    """Return the run's manifest.json (an empty skeleton where none exists yet)."""
+    path = Path(run_dir) / MANIFEST
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"run_dir": str(run_dir), "stages": {}}
+
+
+def init_manifest(run_dir: str | Path, workflow: str, params: dict, inputs: dict[str, str]) -> dict:
+    """Write the manifest's opening state: workflow, parameters, inputs (with sha256), tools, device, git."""
+    manifest = {
+        "run_dir": str(Path(run_dir).resolve()),
+        "workflow": workflow,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
+        "parameters": to_jsonable(params),
+        "inputs": {k: file_entry(v) for k, v in inputs.items()},
+        "tools": tool_versions(),
+        "device": device_info(),
+        "git_commit": git_commit(),
+        "stages": {},
+    }
+    write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def file_entry(path: str | Path) -> dict:
+    """Return {path, sha256, bytes} for a file, or {path, files: n, sha256 of listing} for a folder."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        listing = "\n".join(f"{f.relative_to(p)} {sha256(f)}" for f in files)
+        return {"path": str(p), "files": len(files), "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    if p.is_file():
+        return {"path": str(p), "sha256": sha256(p), "bytes": p.stat().st_size}
+    return {"path": str(p), "missing": True}
+
+
+def record_stage(run_dir: str | Path, stage: str, **fields: Any) -> dict:
+    """Merge fields into manifest['stages'][stage] and rewrite the manifest atomically."""
+    manifest = read_manifest(run_dir)
+    manifest.setdefault("stages", {}).setdefault(stage, {}).update(to_jsonable(fields))
+    write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def finish_manifest(run_dir: str | Path, status: str) -> dict:
+    """Record the run's final status and the sha256 of every file the run wrote."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    manifest["status"] = status
+    manifest["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["outputs"] = {
+        str(f.relative_to(run_dir)): {"sha256": sha256(f), "bytes": f.stat().st_size}
+        for f in sorted(run_dir.rglob("*"))
+        if f.is_file() and f.name not in (MANIFEST,) and not f.name.startswith(".")
+    }
+    write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+class Timer:
+    """Context manager measuring wall seconds in .seconds."""
+
+    def __enter__(self) -> "Timer":
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self._t0
