@@ -22,7 +22,7 @@ HW_COMPAT = ("none", "ampere_plus", "same_compute_capability")
 class BuildConfig:
     target: str = "auto"  # tensorrt | cpu | auto
     batch_sizes: tuple[int, ...] = (1, 8, 32)  # TensorRT optimization profile: min, opt (middle), max
-    timing_cache: str = ""  # TensorRT timing cache to load and extend; empty: artifacts/timing.cache
+    timing_cache: str = ""  # TensorRT timing cache to load and extend; empty: timing.cache beside the run folders
     hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
     version_compatible: bool = False  # TensorRT version-compatible plan (lean runtime)
 
@@ -129,7 +129,7 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
             result = _build_onnxruntime(src, run_dir)
         else:
             ok, why = tensorrt_available()
-            cache = cfg.timing_cache or str(runs.REPO_ROOT / "artifacts" / "timing.cache")
+            cache = cfg.timing_cache or str(run_dir.parent / "timing.cache")  # shared by the runs beside this one
             engine = run_dir / STAGE / "model.plan"
             cmds = tensorrt_commands(str(src), str(engine), exp["input_name"], int(exp["imgsz"]), cfg.batch_sizes, cache)
             if not ok:

@@ -175,7 +175,8 @@ def _plot(func: YoloCompareFunc, path: Path) -> Path:
     for ax, group, unit, atol in ((axes[0], "boxes", "px", func.box_atol), (axes[1], "scores", "", func.score_atol)):
         for name, groups in func.diffs.items():
             d = np.abs(np.concatenate(groups[group])) if groups[group] else np.zeros(1)
-            ax.hist(d[np.isfinite(d)] + 1e-9, bins=60, log=True, alpha=0.7, label=name)
+            d = d[np.isfinite(d)]
+            ax.hist(d, bins=60, log=bool(d.size and d.max() > 0), alpha=0.7, label=name)
         ax.axvline(atol, color="red", linestyle="--", label=f"gate {atol}")
         ax.set_title(f"|FP32 - quantized| {group}")
         ax.set_xlabel(unit or "score")

@@ -20,7 +20,7 @@ STAGE = "export"
 class ExportConfig:
     model: str  # .pt checkpoint or Ultralytics model .yaml (random weights: plumbing only)
     imgsz: int = 640  # square input size, a multiple of 32
-    opset: int = 19  # ONNX opset, >= 17
+    opset: int = 19  # ONNX opset, 17 or newer
     dynamic_batch: bool = True  # batch axis symbolic (image size stays static) so build/throughput can sweep batch
 
     def __post_init__(self) -> None:

@@ -22,6 +22,8 @@ MANIFEST = "manifest.json"
 TOOLS = ("torch", "torchvision", "ultralytics", "onnx", "onnxruntime", "onnxslim", "nvidia-modelopt",
          "polygraphy", "papermill", "tensorrt", "numpy", "opencv-python")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -34,6 +36,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run folder is for reviewers to read
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

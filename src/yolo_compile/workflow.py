@@ -76,9 +76,11 @@ def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     for key in PATH_PARAMS:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().resolve()) if not _is_builtin_yaml(params[key]) else params[key]
-    for stage in wf["stages"]:  # fail before any notebook runs: every stage's config must build
-        build(config_class(stage), stage_params(stage, params))
-    return params
+    typed: dict[str, Any] = {}
+    for stage in STAGES:  # fail before any notebook runs: every stage's config must build
+        cfg = build(config_class(stage), stage_params(stage, params))
+        typed.update({k: getattr(cfg, k) for k in stage_params(stage, params)})
+    return typed
 
 
 def _is_builtin_yaml(value: str) -> bool:

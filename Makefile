@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make compile` and `make test` (each sets up .venv first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := false
+
+.PHONY: setup compile compile-tensorrt test test-all bench notebooks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+compile: setup  ## the default compile of the reference detector, on this machine
+	$(VENV)/bin/yolo-compile run default
+
+compile-tensorrt: setup  ## stages 1-4 for a TensorRT target (5-6 run where TensorRT and a GPU are)
+	$(VENV)/bin/yolo-compile run default --set target=tensorrt
+
+test: setup  ## the default suite (CPU, no network; slow and GPU checks deselected)
+	$(VENV)/bin/pytest -q
+
+test-all: setup  ## everything, GPU tests skip with their reason where no GPU/TensorRT
+	$(VENV)/bin/pytest -q -m ''
+
+bench: setup
+	$(PY) bench/run.py
+
+notebooks: setup  ## regenerate notebooks/ from the stage configs
+	$(PY) scripts/make_notebooks.py
+
+clean:
+	rm -rf artifacts/runs

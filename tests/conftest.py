@@ -1,0 +1,88 @@
+"""Shared fixtures: small real models and images the tests build themselves (no network, no downloads)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ["YOLO_AUTOINSTALL"] = "false"
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+IMGSZ = 64
+
+
+def make_images(folder: Path, n: int, seed: int, size=(120, 160)) -> Path:
+    """Write n small camera-like JPEGs (textured background, coloured parts) into folder."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = np.full((*size, 3), rng.integers(60, 180), np.uint8)
+        for _ in range(6):
+            x, y = int(rng.integers(0, size[1] - 24)), int(rng.integers(0, size[0] - 18))
+            colour = tuple(int(c) for c in rng.integers(0, 255, 3))
+            cv2.rectangle(img, (x, y), (x + int(rng.integers(6, 24)), y + int(rng.integers(6, 18))), colour, -1)
+        cv2.imwrite(str(folder / f"img_{seed}_{i:03d}.jpg"), img)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_sets(tmp_path_factory) -> dict[str, Path]:
+    """Disjoint calibration and held-out image folders."""
+    root = tmp_path_factory.mktemp("images")
+    return {"calib": make_images(root / "calib", 10, seed=1), "eval": make_images(root / "eval", 4, seed=2)}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A YOLOv8n .pt whose BatchNorm statistics were re-estimated on noise and whose class convs were widened.
+
+    A freshly initialised YOLO gives near-constant scores (~1e-5) that survive INT8 exactly, so no gate
+    could ever fail on it; re-estimated statistics make activations O(1) and quantization error visible.
+    """
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(0)
+    model = YOLO("yolov8n.yaml")
+    net = model.model
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = None  # cumulative average over the passes below
+            mod.reset_running_stats()
+    for seq in net.model[-1].cv3:
+        torch.nn.init.normal_(seq[-1].weight, std=0.1)
+    net.train()
+    with torch.no_grad():
+        for _ in range(10):
+            net(torch.rand(8, 3, IMGSZ, IMGSZ))
+    net.eval()
+    path = tmp_path_factory.mktemp("model") / "tiny_yolov8n.pt"
+    model.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def quantized_run(tmp_path_factory, image_sets, tiny_checkpoint) -> Path:
+    """A run folder where export, calibrate and quantize (mixed, CPU target) ran on the tiny checkpoint at 64 px."""
+    from yolo_compile import calibrate, export, quantize
+
+    run_dir = tmp_path_factory.mktemp("run")
+    export.run(export.ExportConfig(model=str(tiny_checkpoint), imgsz=IMGSZ), run_dir)
+    calibrate.run(calibrate.CalibrateConfig(calib_dir=str(image_sets["calib"]), calib_images=8), run_dir)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="mixed"), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(quantized_run, tmp_path) -> Path:
+    """A private copy of quantized_run that a test may change."""
+    dst = tmp_path / "run"
+    shutil.copytree(quantized_run, dst)
+    return dst

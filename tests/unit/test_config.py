@@ -1,0 +1,53 @@
+import pytest
+
+from yolo_compile import config
+from yolo_compile.build import BuildConfig
+from yolo_compile.calibrate import CalibrateConfig
+from yolo_compile.compare import CompareConfig
+from yolo_compile.errors import ConfigError, ExportError
+from yolo_compile.export import ExportConfig
+from yolo_compile.quantize import QuantizeConfig
+
+
+def test_unknown_parameter_is_an_error_naming_expected_ones():
+    with pytest.raises(ConfigError, match="unknown parameter.*imgsize.*expected.*imgsz"):
+        config.build(ExportConfig, {"model": "m.pt", "imgsize": 640})
+
+
+def test_values_are_coerced_to_field_types():
+    cfg = config.build(BuildConfig, {"batch_sizes": "1,4, 16", "version_compatible": "true"})
+    assert cfg.batch_sizes == (1, 4, 16) and cfg.version_compatible is True
+    assert config.build(CompareConfig, {"eval_dir": "x", "box_atol": "1.10"}).box_atol == pytest.approx(1.10)
+
+
+@pytest.mark.parametrize("field,value", [("calib_images", "many"), ("calib_images", 2.5), ("calib_seed", True)])
+def test_mistyped_values_are_errors(field, value):
+    with pytest.raises(ConfigError, match=field):
+        config.build(CalibrateConfig, {"calib_dir": "d", field: value})
+
+
+def test_nan_threshold_is_refused():
+    with pytest.raises(ConfigError, match="NaN"):
+        config.build(CompareConfig, {"eval_dir": "x", "score_atol": "nan"})
+
+
+def test_missing_required_parameter():
+    with pytest.raises(ConfigError, match="missing required.*calib_dir"):
+        config.build(CalibrateConfig, {})
+
+
+def test_choices_and_ranges_are_checked():
+    with pytest.raises(ConfigError, match="recipe.*mixed, int8, float"):
+        QuantizeConfig(recipe="int4")
+    with pytest.raises(ConfigError, match="target"):
+        QuantizeConfig(target="gpu")
+    with pytest.raises(ExportError, match="multiple of 32"):
+        ExportConfig(model="m.pt", imgsz=100)
+
+
+def test_auto_target_is_cpu_without_tensorrt():
+    ok, reason = config.tensorrt_available()
+    assert config.resolve_target("auto") == ("tensorrt" if ok else "cpu")
+    assert config.resolve_target("cpu") == "cpu"
+    if not ok:
+        assert "tensorrt" in reason.lower() or "gpu" in reason.lower()

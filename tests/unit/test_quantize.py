@@ -1,0 +1,62 @@
+import json
+
+import onnx
+import pytest
+
+from yolo_compile import quantize
+from yolo_compile.errors import QuantizeError
+
+
+def test_mixed_recipe_quantizes_backbone_and_keeps_head_float(quantized_run):
+    res = json.loads((quantized_run / "quantize" / "result.json").read_text())
+    assert res["recipe"] == "mixed" and res["high_precision_dtype"] == "fp32" and res["calibration_images"] == 8
+    assert res["op_counts"]["QuantizeLinear"] > 50
+    ops, quantized = quantize.inspect_qdq(quantized_run / res["onnx"])
+    assert any(n.startswith("/model.0/") for n in quantized)
+    head = quantize.find_head(onnx.load(str(quantized_run / "export" / "model.onnx")).graph, 22)
+    assert not set(quantized) & set(head.kept_float)
+    assert len(head.output_convs) == 6 and head.dfl and any("Softmax" in n for n in head.dfl + head.decode)
+
+
+def test_int8_recipe_quantizes_the_head_too(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run_copy)
+    assert any("/model.22/cv2.0/cv2.0.2/" in n for n in res.quantized_nodes)
+    assert res.head_nodes == []
+
+
+def test_tensorrt_target_keeps_the_head_in_fp16(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="mixed"), run_copy)
+    assert res.high_precision_dtype == "fp16"
+    model = onnx.load(str(run_copy / res.onnx))
+    init = {i.name: i.data_type for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name == "/model.22/cv3.0/cv3.0.2/Conv")
+    assert init[conv.input[1]] == onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays fp32
+
+
+def test_float_recipe_has_no_qdq(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="float"), run_copy)
+    assert "QuantizeLinear" not in res.op_counts and res.calibration_images == 0
+
+
+def test_refuses_to_quantize_without_calibration_data(run_copy):
+    (run_copy / "calibrate" / "calib.npy").unlink()
+    with pytest.raises(QuantizeError, match="no calibration array.*random data is refused"):
+        quantize.run(quantize.QuantizeConfig(target="cpu"), run_copy)
+
+
+def test_head_lookup_refuses_a_non_ultralytics_graph(quantized_run):
+    graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
+    with pytest.raises(QuantizeError, match="/model.99/"):
+        quantize.find_head(graph, 99)
+
+
+def test_check_recipe_catches_a_leaked_head_node():
+    head = quantize.HeadNodes(("/model.22/cv2.0/cv2.0.2/Conv",), (), (), ())
+    from collections import Counter
+
+    ops = Counter({"QuantizeLinear": 3, "DequantizeLinear": 3})
+    with pytest.raises(QuantizeError, match="head nodes were quantized"):
+        quantize.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
+    with pytest.raises(QuantizeError, match="no Q/DQ"):
+        quantize.check_recipe("int8", Counter(), [], head, "m.onnx")
