@@ -44,7 +44,7 @@ def _jit(rng, color, amount):
 class Canvas:
     """Image, shine and shadow layers plus the board-mm to pixel transform."""
 
-    def __init__(self, rng, size, scale, angle):
+    def __init__(self, size, scale, angle):
         w, h = size
         self.w, self.h, self.s = w, h, scale
         c, s = math.cos(angle), math.sin(angle)
@@ -397,7 +397,7 @@ def _camera(rng, cv):
 
 def render(rng, size):
     """Return (image, [(class, x0, y0, x1, y1)], jpeg quality) of one random frame of `size` (w, h)."""
-    cv = Canvas(rng, size, scale=rng.uniform(30.0, 40.0) * size[0] / 1280, angle=math.radians(rng.uniform(-4.0, 4.0)))
+    cv = Canvas(size, scale=rng.uniform(30.0, 40.0) * size[0] / 1280, angle=math.radians(rng.uniform(-4.0, 4.0)))
     weights = np.array([b[3] for b in BOARDS], np.float64)
     board = BOARDS[int(rng.choice(len(BOARDS), p=weights / weights.sum()))]
     finish = _jit(rng, FINISHES[int(rng.integers(len(FINISHES)))], 12)
@@ -414,4 +414,4 @@ def render(rng, size):
     for part in parts:
         boxes += draw[part.kind](rng, cv, part, finish, solder, cls_bias)
     boxes += _particles(rng, cv, parts, solder)
-    return _camera(rng, cv), boxes, int(rng.integers(50, 86))
+    return _camera(rng, cv), boxes, int(rng.integers(45, 81))
