@@ -32,11 +32,34 @@ def make_images(folder: Path, n: int, seed: int, size=(120, 160)) -> Path:
     return folder
 
 
+def make_labeled_split(root: Path, n: int, seed: int) -> Path:
+    """Write an Ultralytics-style split (images/ + labels/ + data.yaml) of drawn rectangles; return data.yaml."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "labels").mkdir(parents=True)
+    for i in range(n):
+        img = np.full((96, 128, 3), 90, np.uint8)
+        rows = []
+        for _ in range(3):
+            w, h = int(rng.integers(12, 30)), int(rng.integers(12, 30))
+            x, y = int(rng.integers(0, 128 - w)), int(rng.integers(0, 96 - h))
+            cls = int(rng.integers(0, 3))
+            cv2.rectangle(img, (x, y), (x + w, y + h), [(255, 0, 0), (0, 255, 0), (0, 0, 255)][cls], -1)
+            rows.append(f"{cls} {(x + w / 2) / 128:.6f} {(y + h / 2) / 96:.6f} {w / 128:.6f} {h / 96:.6f}")
+        cv2.imwrite(str(root / "val" / "images" / f"v{seed}_{i:03d}.jpg"), img)
+        (root / "val" / "labels" / f"v{seed}_{i:03d}.txt").write_text("\n".join(rows) + "\n")
+    (root / "data.yaml").write_text("val: val/images\ntrain: val/images\nnames: {0: a, 1: b, 2: c}\n")
+    return root / "data.yaml"
+
+
 @pytest.fixture(scope="session")
 def image_sets(tmp_path_factory) -> dict[str, Path]:
-    """Disjoint calibration and held-out image folders."""
+    """Disjoint calibration and held-out image folders, and a small labeled split (data.yaml)."""
     root = tmp_path_factory.mktemp("images")
-    return {"calib": make_images(root / "calib", 10, seed=1), "eval": make_images(root / "eval", 4, seed=2)}
+    return {"calib": make_images(root / "calib", 10, seed=1), "eval": make_images(root / "eval", 4, seed=2),
+            "data": make_labeled_split(root / "labeled", 6, seed=3)}
 
 
 @pytest.fixture(scope="session")

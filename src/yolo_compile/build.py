@@ -49,18 +49,31 @@ class BuildResult:
     seconds: float = 0.0
 
 
-def tensorrt_commands(onnx_path: str, engine_path: str, input_name: str, imgsz: int,
-                      batch_sizes: tuple[int, ...], cache: str) -> list[str]:
+# hardware_compatibility value -> (trtexec spelling, polygraphy / trt.HardwareCompatibilityLevel spelling)
+_HW_FLAGS = {"ampere_plus": ("ampere+", "ampere_plus"),
+             "same_compute_capability": ("sameComputeCapability", "same_compute_capability")}
+
+
+def tensorrt_commands(onnx_path: str, engine_path: str, input_name: str, imgsz: int, batch_sizes: tuple[int, ...],
+                      cache: str, hardware_compatibility: str = "none", version_compatible: bool = False) -> list[str]:
     """Return the trtexec and polygraphy command lines equivalent to the TensorRT build."""
     lo, opt, hi = profile_batches(batch_sizes)
     shape = lambda b: f"{input_name}:{b}x3x{imgsz}x{imgsz}"  # noqa: E731
     q = shlex.quote
+    trtexec_extra, poly_extra = "", ""
+    if hardware_compatibility in _HW_FLAGS:
+        trtexec_extra += f" --hardwareCompatibilityLevel={_HW_FLAGS[hardware_compatibility][0]}"
+        poly_extra += f" --hardware-compatibility-level {_HW_FLAGS[hardware_compatibility][1]}"
+    if version_compatible:
+        trtexec_extra += " --versionCompatible"
+        poly_extra += " --version-compatible"
     return [
         f"trtexec --onnx={q(onnx_path)} --stronglyTyped --saveEngine={q(engine_path)} --timingCacheFile={q(cache)} "
-        f"--minShapes={shape(lo)} --optShapes={shape(opt)} --maxShapes={shape(hi)} --profilingVerbosity=detailed",
+        f"--minShapes={shape(lo)} --optShapes={shape(opt)} --maxShapes={shape(hi)} --profilingVerbosity=detailed"
+        f"{trtexec_extra}",
         f"polygraphy convert {q(onnx_path)} --strongly-typed -o {q(engine_path)} --load-timing-cache {q(cache)} "
         f"--save-timing-cache {q(cache)} --trt-min-shapes {shape(lo)} --trt-opt-shapes {shape(opt)} "
-        f"--trt-max-shapes {shape(hi)} --profiling-verbosity detailed",
+        f"--trt-max-shapes {shape(hi)} --profiling-verbosity detailed{poly_extra}",
     ]
 
 
@@ -131,7 +144,8 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
             ok, why = tensorrt_available()
             cache = cfg.timing_cache or str(run_dir.parent / "timing.cache")  # shared by the runs beside this one
             engine = run_dir / STAGE / "model.plan"
-            cmds = tensorrt_commands(str(src), str(engine), exp["input_name"], int(exp["imgsz"]), cfg.batch_sizes, cache)
+            cmds = tensorrt_commands(str(src), str(engine), exp["input_name"], int(exp["imgsz"]), cfg.batch_sizes, cache,
+                                     cfg.hardware_compatibility, cfg.version_compatible)
             if not ok:
                 cmds.append(f"papermill notebooks/05_build.ipynb {run_dir}/05_build.ipynb -p run_dir {run_dir} -p target tensorrt")
                 result = BuildResult(status="skipped", backend="none", target=target, reason=why, source_onnx=quant["onnx"],
@@ -162,6 +176,16 @@ def _build_onnxruntime(src: Path, run_dir: Path) -> BuildResult:
     )
 
 
+def load_engine(plan: bytes, version_compatible: bool = False):
+    """Return the deserialized ICudaEngine of a plan (None when TensorRT rejects it)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    if version_compatible:  # a version-compatible plan embeds the lean runtime, which is host code
+        runtime.engine_host_code_allowed = True
+    return runtime.deserialize_cuda_engine(plan)
+
+
 def _build_tensorrt(cfg: BuildConfig, src: Path, engine: Path, exp: dict, quant: dict, cache: str) -> BuildResult:
     import tensorrt as trt
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
@@ -169,12 +193,17 @@ def _build_tensorrt(cfg: BuildConfig, src: Path, engine: Path, exp: dict, quant:
     lo, opt, hi = profile_batches(cfg.batch_sizes)
     size = int(exp["imgsz"])
     profile = Profile().add(exp["input_name"], min=(lo, 3, size, size), opt=(opt, 3, size, size), max=(hi, 3, size, size))
-    hw = {"none": None, "ampere_plus": trt.HardwareCompatibilityLevel.AMPERE_PLUS,
-          "same_compute_capability": getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None)}
+    hw_level = None
+    if cfg.hardware_compatibility != "none":
+        # Never fall back to a non-portable engine silently: an older TensorRT lacks SAME_COMPUTE_CAPABILITY.
+        hw_level = getattr(trt.HardwareCompatibilityLevel, cfg.hardware_compatibility.upper(), None)
+        if hw_level is None:
+            raise BuildError(f"parameter 'hardware_compatibility' = {cfg.hardware_compatibility!r}: TensorRT "
+                             f"{trt.__version__} lacks it; upgrade TensorRT or pass hardware_compatibility none")
     Path(cache).parent.mkdir(parents=True, exist_ok=True)
     config = CreateConfig(
         profiles=[profile], load_timing_cache=cache if Path(cache).is_file() else None,
-        profiling_verbosity=trt.ProfilingVerbosity.DETAILED, hardware_compatibility_level=hw[cfg.hardware_compatibility],
+        profiling_verbosity=trt.ProfilingVerbosity.DETAILED, hardware_compatibility_level=hw_level,
         version_compatible=cfg.version_compatible or None,
     )
     network = NetworkFromOnnxPath(str(src), strongly_typed=True)  # precision comes from the ONNX (Q/DQ + FP16)
@@ -183,11 +212,13 @@ def _build_tensorrt(cfg: BuildConfig, src: Path, engine: Path, exp: dict, quant:
         raise BuildError(f"{src}: TensorRT returned no engine; see the TensorRT log above")
     with runs.atomic_path(engine) as tmp:
         tmp.write_bytes(bytes(plan))
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    trt_engine = runtime.deserialize_cuda_engine(bytes(plan))
-    inspector = trt_engine.create_engine_inspector()
-    table = layer_precisions(inspector.get_engine_information(trt.LayerInformationFormat.JSON),
-                             f"/model.{exp['head_index']}/")
+    trt_engine = load_engine(bytes(plan), cfg.version_compatible)
+    if trt_engine is None:
+        raise BuildError(f"{engine}: TensorRT {trt.__version__} could not deserialize the plan it just built; "
+                         "see the TensorRT log above")
+    inspector_json = trt_engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    runs.write_text(engine.with_suffix(".inspector.json"), inspector_json)
+    table = layer_precisions(inspector_json, f"/model.{exp['head_index']}/")
     runs.write_json(engine.with_suffix(".layers.json"), table)
     check_precisions(table, quant["recipe"])
     return BuildResult(

@@ -37,6 +37,7 @@ class CalibrateResult:
     available: int
     files: list = field(default_factory=list)  # [{file, sha256}] in array order
     brightness: list = field(default_factory=list)  # mean of each preprocessed image, for the coverage plot
+    contrast: list = field(default_factory=list)  # standard deviation of each preprocessed image
     seconds: float = 0.0
 
 
@@ -50,8 +51,6 @@ def sample(paths: list[Path], n: int, seed: int) -> list[Path]:
 
 def run(cfg: CalibrateConfig, run_dir: str | Path) -> CalibrateResult:
     """Write run_dir/calibrate/calib.npy (memory-mapped, never all in RAM) and its file manifest."""
-    from tqdm.auto import tqdm
-
     exp = runs.require_passed(run_dir, "export")
     size = int(exp["imgsz"])
     folder = Path(cfg.calib_dir)
@@ -65,21 +64,16 @@ def run(cfg: CalibrateConfig, run_dir: str | Path) -> CalibrateResult:
         log.warning("%s holds %d images, fewer than calib_images=%d: using all", folder, len(found), cfg.calib_images)
     out = runs.stage_dir(run_dir, STAGE) / "calib.npy"
     shape = (len(chosen), 3, size, size)
-    files, brightness = [], []
-    with runs.Timer() as t, runs.atomic_path(out) as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        for i, path in enumerate(tqdm(chosen, desc="calibration images", unit="img")):
-            try:
-                arr[i] = images.load_tensor(path, size)
-            except ValueError as e:
-                raise CalibrationError(str(e)) from None
-            files.append({"file": path.relative_to(folder).as_posix(), "sha256": runs.sha256(path)})
-            brightness.append(round(float(arr[i].mean()), 4))
-        arr.flush()
-        del arr
+    with runs.Timer() as t:
+        try:
+            stats = images.write_array(chosen, size, out, desc="calibration images")
+        except ValueError as e:
+            raise CalibrationError(str(e)) from None
+        files = [{"file": p.relative_to(folder).as_posix(), "sha256": runs.sha256(p)} for p in chosen]
     result = CalibrateResult(
         status="passed", array=f"{STAGE}/calib.npy", shape=list(shape), dtype="float32", bytes=out.stat().st_size,
-        calib_dir=str(folder), available=len(found), files=files, brightness=brightness, seconds=round(t.seconds, 2),
+        calib_dir=str(folder), available=len(found), files=files, brightness=[x["mean"] for x in stats],
+        contrast=[x["std"] for x in stats], seconds=round(t.seconds, 2),
     )
     runs.write_result(run_dir, STAGE, result)
     return result

@@ -51,3 +51,32 @@ def to_tensor(img_bgr: np.ndarray, size: int) -> np.ndarray:
 def load_tensor(path: str | Path, size: int) -> np.ndarray:
     """Return the preprocessed tensor of one image file (see to_tensor)."""
     return to_tensor(read_bgr(path), size)
+
+
+def write_array(paths: list[Path], size: int, out: Path, desc: str = "images") -> list[dict]:
+    """Stream preprocessed images into a float32 (N, 3, size, size) .npy at out (atomically); return per-image mean/std.
+
+    Raises ValueError naming the first unreadable file; nothing is left at out then.
+    """
+    from tqdm.auto import tqdm
+
+    from .runs import atomic_path
+
+    stats = []
+    with atomic_path(out) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), 3, size, size))
+        for i, path in enumerate(tqdm(paths, desc=desc, unit="img")):
+            arr[i] = load_tensor(path, size)
+            stats.append({"mean": round(float(arr[i].mean()), 4), "std": round(float(arr[i].std()), 4)})
+        arr.flush()
+        del arr
+    return stats
+
+
+def run_onnx(onnx_path: Path, array: np.ndarray, input_name: str) -> np.ndarray:
+    """Return the raw first output of an ONNX model (ONNX Runtime CPU) for every image of array, batch 1."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {input_name: np.ascontiguousarray(array[i:i + 1])})[0]
+                           for i in range(len(array))])

@@ -127,7 +127,7 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
     n_images = 0
     with runs.Timer() as t, runs.atomic_path(out) as tmp:
         if cfg.recipe == "float":
-            _convert_float(fp32, tmp, hp_dtype)
+            convert_float(fp32, tmp, hp_dtype)
         else:
             cal = runs.require_passed(run_dir, "calibrate")
             data = _calibration_array(run_dir / cal["array"])
@@ -135,7 +135,7 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
             exclude = [re.escape(n) + "$" for n in head.kept_float] if cfg.recipe == "mixed" else []
             log.info("ModelOpt INT8 PTQ: %s calibration on %d images, %d head nodes kept in %s",
                      cfg.calibration_method, n_images, len(exclude), hp_dtype)
-            _modelopt_quantize(fp32, tmp, data, exp, cfg.calibration_method, exclude, hp_dtype)
+            modelopt_quantize(fp32, tmp, data, exp, cfg.calibration_method, hp_dtype, exclude=exclude)
         ops, quantized = inspect_qdq(tmp)
         check_recipe(cfg.recipe, ops, quantized, head, out)
     result = QuantizeResult(
@@ -159,8 +159,10 @@ def _calibration_array(path: Path) -> np.ndarray:
     return data
 
 
-def _modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method: str,
-                       exclude: list[str], hp_dtype: str) -> None:
+def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method: str, hp_dtype: str, *,
+                      exclude: list[str] | None = None, include: list[str] | None = None,
+                      cache: Path | None = None) -> None:
+    """INT8 PTQ of src into dst with ModelOpt; node lists are regexes; a calibration cache fixes the scales."""
     from modelopt.onnx.quantization import quantize
 
     shape = [1 if not isinstance(d, int) else d for d in exp["input_shape"]]
@@ -168,11 +170,27 @@ def _modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method
         str(src), quantize_mode="int8", calibration_data=data, calibration_method=method,
         calibration_eps=["cpu"],  # ORT-CUDA calibration crashes for many users; CPU is exact and enough
         calibration_shapes=f"{exp['input_name']}:{'x'.join(map(str, shape))}",
-        nodes_to_exclude=exclude or None, high_precision_dtype=hp_dtype, output_path=str(dst), log_level="WARNING",
+        calibration_cache_path=str(cache) if cache else None,
+        nodes_to_exclude=exclude or None, nodes_to_quantize=include or None,
+        high_precision_dtype=hp_dtype, output_path=str(dst), log_level="ERROR",
     )
+    copy_metadata(src, dst)
 
 
-def _convert_float(src: Path, dst: Path, hp_dtype: str) -> None:
+def copy_metadata(src: Path, dst: Path) -> None:
+    """Copy the FP32 model's metadata (class names, stride, image size) onto a derived ONNX file."""
+    import onnx
+
+    meta = onnx.load(str(src), load_external_data=False).metadata_props
+    model = onnx.load(str(dst))
+    del model.metadata_props[:]
+    for prop in meta:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(model, str(dst))
+
+
+def convert_float(src: Path, dst: Path, hp_dtype: str) -> None:
+    """Write src converted to FP16 (keeping FP32 inputs and outputs), or unchanged for 'fp32'."""
     import onnx
 
     model = onnx.load(str(src))
@@ -181,3 +199,4 @@ def _convert_float(src: Path, dst: Path, hp_dtype: str) -> None:
 
         model = convert_to_f16(model, keep_io_types=True)
     onnx.save(model, str(dst))
+    copy_metadata(src, dst)

@@ -50,13 +50,48 @@ def _img(path: Path) -> str:
 
 def stage_html(run_dir: Path, stage: str, res: dict) -> str:
     """Return one stage's section: key facts, tables and inlined plots."""
-    skip = {"rows", "stats", "files", "brightness", "layer_precisions", "commands", "quantized_nodes", "head_nodes", "plot"}
+    skip = {"rows", "stats", "files", "brightness", "contrast", "layer_precisions", "commands", "quantized_nodes",
+            "head_nodes", "plot", "plots", "agreement", "accuracy", "recipes", "sensitivity", "calib_sweep",
+            "end_to_end", "end_to_end_summary", "table"}
     parts = [kv_table({k: v for k, v in res.items() if k not in skip})]
     if res.get("stats"):
         rows = [{"output": out, "channels": g, **s[g]} for out, s in res["stats"].items() for g in ("boxes", "scores")]
-        parts.append(rows_table(rows))
+        parts.append("<h3>Tensor errors, FP32 vs quantized (Polygraphy)</h3>" + rows_table(rows))
+    if res.get("agreement"):
+        agree = res["agreement"]
+        parts.append(f"<h3>Detection agreement after NMS (conf {agree['conf']}, IoU {agree['iou']}, same class)</h3>"
+                     + rows_table([{"class": "all", **agree["all"]}] + [{"class": k, **v} for k, v in agree["per_class"].items()]))
+    if res.get("accuracy"):
+        acc = res["accuracy"]
+        parts.append(f"<h3>Task accuracy on {html.escape(acc['data'])} ({acc['images']} images)</h3>"
+                     f"<p>mAP50-95 {acc['fp32']['map50_95']:.4f} (FP32) -> {acc['quantized']['map50_95']:.4f} (quantized): "
+                     f"drop <b>{acc['drop_points']:.2f} points</b>; mAP50 drop {acc['drop_points_map50']:.2f} points.</p>")
+        classes = sorted(set(acc["fp32"]["per_class"]) | set(acc["quantized"]["per_class"]))
+        parts.append(rows_table([{"class": c, "fp32 mAP50-95": acc["fp32"]["per_class"].get(c, {}).get("map50_95"),
+                                  "quantized mAP50-95": acc["quantized"]["per_class"].get(c, {}).get("map50_95")}
+                                 for c in classes] + [{"class": "small objects", "fp32 mAP50-95": acc["fp32"]["small"]["map50_95"],
+                                                       "quantized mAP50-95": acc["quantized"]["small"]["map50_95"]}]))
+    if res.get("recipes"):
+        parts.append("<h3>Recipes side by side</h3>" + rows_table(res["recipes"]))
+    if res.get("sensitivity"):
+        sens = res["sensitivity"]
+        parts.append(f"<h3>Layer sensitivity</h3><p>{sens['groups']} layer groups; all-INT8 disagreement with FP32 "
+                     f"{sens['baseline_all_int8_loss']:.2f}; top five: {html.escape(', '.join(sens['top5']))}.</p>"
+                     + rows_table(sens["ranked"][:10]))
+        if sens.get("search"):
+            search = sens["search"]
+            verdict = (f"passes with {len(search['float_groups'])} group(s) in float: "
+                       f"{html.escape(', '.join(search['float_groups']) or 'none')}" if search["passed"]
+                       else "no tried set passed the gate")
+            parts.append(f"<p>Recipe search: {verdict}.</p>" + rows_table(search["steps"]))
+            if search["passed"]:
+                parts.append("<p>nodes_to_exclude:</p><pre>" + html.escape(json.dumps(search["nodes_to_exclude"])) + "</pre>")
+    if res.get("calib_sweep"):
+        parts.append("<h3>Calibration-set size sweep</h3>" + rows_table(res["calib_sweep"]))
     if res.get("rows"):
         parts.append(rows_table(res["rows"]))
+    if res.get("end_to_end"):
+        parts.append("<h3>End to end: JPEG frames to detections</h3>" + rows_table(res["end_to_end"]))
     if res.get("layer_precisions"):
         parts.append(kv_table(res["layer_precisions"]))
     if res.get("quantized_nodes") is not None and stage == "quantize":
@@ -64,8 +99,8 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
                      f"kept in {html.escape(str(res.get('high_precision_dtype')))}.</p>")
     if res.get("commands"):
         parts.append("<p>Command lines:</p>" + "".join(f"<pre>{html.escape(c)}</pre>" for c in res["commands"]))
-    if res.get("plot"):
-        parts.append(_img(run_dir / res["plot"]))
+    for plot in res.get("plots") or ([res["plot"]] if res.get("plot") else []):
+        parts.append(_img(run_dir / plot))
     return "".join(parts)
 
 

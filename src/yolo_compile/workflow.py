@@ -18,14 +18,14 @@ NOTEBOOKS = runs.REPO_ROOT / "notebooks"
 WORKFLOWS = runs.REPO_ROOT / "workflows"
 CONFIGS = {"export": "ExportConfig", "calibrate": "CalibrateConfig", "quantize": "QuantizeConfig",
            "compare": "CompareConfig", "build": "BuildConfig", "throughput": "ThroughputConfig"}
-PATH_PARAMS = ("model", "calib_dir", "eval_dir", "timing_cache")
+PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache")
 
 
 def reference_defaults() -> dict[str, str]:
     """Return the default model and image sets: the project's reference AOI detector and its splits."""
     root = runs.REPO_ROOT
     return {"model": str(root / "models" / "aoi_yolov8n.pt"), "calib_dir": str(root / "calib_data" / "aoi"),
-            "eval_dir": str(root / "data" / "aoi" / "val" / "images")}
+            "eval_dir": str(root / "data" / "aoi" / "val" / "images"), "data": str(root / "data" / "aoi" / "data.yaml")}
 
 
 def notebook_for(stage: str) -> Path:
@@ -68,7 +68,16 @@ def load_workflow(name_or_path: str | Path) -> dict:
 
 def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     """Merge reference defaults < workflow params < overrides, check every name, make paths absolute."""
-    params = {**reference_defaults(), **wf["params"], **overrides}
+    ref = reference_defaults()
+    given = {**wf["params"], **overrides}
+    if "model" in given and Path(str(given["model"])).resolve() != Path(ref["model"]):
+        # The reference image sets only fit the reference detector: another model brings its own.
+        missing = [f"--{'calib' if k == 'calib_dir' else 'eval'}" for k in ("calib_dir", "eval_dir") if k not in given]
+        if missing:
+            raise ConfigError(f"model {given['model']} is not the reference detector: pass {' and '.join(missing)} "
+                              "with images from its own deployment line")
+        ref = {k: v for k, v in ref.items() if k not in ("calib_dir", "eval_dir", "data")}
+    params = {**ref, **given}
     known = {f.name for s in STAGES for f in dataclasses.fields(config_class(s))}
     unknown = sorted(set(params) - known)
     if unknown:

@@ -50,9 +50,12 @@ def _run(tmp_path, *args):
                           cwd=tmp_path, timeout=900)
 
 
-def _common(tiny_checkpoint, image_sets):
-    return ["--model", str(tiny_checkpoint), "--calib", str(image_sets["calib"]), "--eval", str(image_sets["eval"]),
-            "--set", f"imgsz={IMGSZ}", "--set", "batch_sizes=1,2", "--set", "max_seconds=0.5"]
+def _common(tiny_checkpoint, image_sets, study=False):
+    """CLI arguments for the tiny model; the accuracy study (recipes, sensitivity) only where a test asks."""
+    args = ["--model", str(tiny_checkpoint), "--calib", str(image_sets["calib"]), "--eval", str(image_sets["eval"]),
+            "--set", f"imgsz={IMGSZ}", "--set", "batch_sizes=1,2", "--set", "max_seconds=0.5",
+            "--set", f"data={image_sets['data']}", "--set", "search_steps=1"]
+    return args if study else args + ["--set", "recipes=false", "--set", "sensitivity=false"]
 
 
 def _only_run(tmp_path):
@@ -61,10 +64,13 @@ def _only_run(tmp_path):
 
 
 def test_default_workflow_on_cpu_passes_every_stage(tmp_path, tiny_checkpoint, image_sets):
-    out = _run(tmp_path, "default", *_common(tiny_checkpoint, image_sets), "--set", "target=cpu")
+    out = _run(tmp_path, "default", *_common(tiny_checkpoint, image_sets, study=True), "--set", "target=cpu")
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     run_dir, m = _only_run(tmp_path)
     assert {s: v["status"] for s, v in m["stages"].items()} == {s: "passed" for s in STAGES}
+    cmp = json.loads((run_dir / "compare" / "result.json").read_text())
+    assert cmp["accuracy"]["images"] == 6 and len(cmp["recipes"]) == 4
+    assert cmp["sensitivity"]["ranked"][0]["group"] and "search" in cmp["sensitivity"]
     assert m["status"] == "passed" and m["parameters"]["imgsz"] == IMGSZ and m["parameters"]["batch_sizes"] == [1, 2]
     assert m["inputs"]["model"]["sha256"] == runs.sha256(tiny_checkpoint)
     assert m["tools"]["nvidia-modelopt"] and m["tools"]["polygraphy"] and "tensorrt" in m["tools"]
@@ -72,7 +78,7 @@ def test_default_workflow_on_cpu_passes_every_stage(tmp_path, tiny_checkpoint, i
         assert (run_dir / notebook_for(stage).name).is_file()
         assert m["outputs"][f"{stage}/result.json"]["sha256"] == runs.sha256(run_dir / stage / "result.json")
     report = (run_dir / "report.html").read_text()
-    assert "data:image/png;base64," in report and "quant-mixed" in report
+    assert report.count("data:image/png;base64,") >= 4 and "quant-mixed" in report and "Layer sensitivity" in report
     assert json.loads((run_dir / "build" / "result.json").read_text())["backend"] == "onnxruntime"
 
 

@@ -72,18 +72,3 @@ def test_tensorrt_target_without_tensorrt_is_skipped_with_reason_and_commands(ru
     assert any(c.startswith("trtexec") for c in res.commands) and any("papermill" in c for c in res.commands)
     tp = throughput.run(throughput.ThroughputConfig(), run_copy)
     assert tp.status == "skipped" and "no engine was built" in tp.reason
-
-
-def test_throughput_sweeps_batches_for_engine_and_baseline(run_copy):
-    build.run(build.BuildConfig(target="cpu"), run_copy)
-    res = throughput.run(throughput.ThroughputConfig(batch_sizes=(1, 2), warmup=1, iterations=3, max_seconds=1), run_copy)
-    assert {(r["model"].split()[0], r["batch"]) for r in res.rows} == {("fp32", 1), ("fp32", 2), ("engine", 1), ("engine", 2)}
-    assert all(r["images_per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] for r in res.rows)
-    assert res.bytes_per_frame["float32 input"] == 4 * res.bytes_per_frame["uint8 input (fused preprocessing)"]
-
-
-def test_latency_stats():
-    s = throughput.latency_stats([0.01, 0.02, 0.03, 0.04], batch=4)
-    assert s["p50_ms"] == pytest.approx(25.0) and s["images_per_s"] == pytest.approx(16 / 0.1)
-    assert throughput.batches_for(["batch", 3, 64, 64], (8, 1)) == [1, 8]
-    assert throughput.batches_for([1, 3, 64, 64], (8, 1)) == [1]

@@ -61,8 +61,14 @@ def test_nan_or_inf_always_fails(bad):
     assert stats["output0"]["nonfinite"] == 1 and "NaN/Inf" in reasons[0]
 
 
+def _cfg(image_sets, **kw):
+    """Tensor comparison only, unless a test asks for more (the study quantizes many variants)."""
+    return compare.CompareConfig(**{"eval_dir": str(image_sets["eval"]), "eval_images": 3, "recipes": False,
+                                    "sensitivity": False, **kw})
+
+
 def test_compare_stage_runs_polygraphy_on_held_out_images(run_copy, image_sets):
-    res = compare.run(compare.CompareConfig(eval_dir=str(image_sets["eval"]), eval_images=3), run_copy)
+    res = compare.run(_cfg(image_sets), run_copy)
     assert res.passed and res.images == 3
     assert res.polygraphy["runners"] == ["fp32", "quant-mixed"]
     assert res.stats["output0"]["scores"]["count"] == 3 * 80 * 84
@@ -71,11 +77,62 @@ def test_compare_stage_runs_polygraphy_on_held_out_images(run_copy, image_sets):
 
 def test_gate_tighter_than_the_model_achieves_fails_and_records_why(run_copy, image_sets):
     with pytest.raises(CompareError, match="accuracy gate failed.*scores: p99 error"):
-        compare.run(compare.CompareConfig(eval_dir=str(image_sets["eval"]), eval_images=3, score_atol=1e-12), run_copy)
+        compare.run(_cfg(image_sets, score_atol=1e-12), run_copy)
     res = json.loads((run_copy / "compare" / "result.json").read_text())
     assert res["status"] == "failed" and res["passed"] is False and res["reasons"]
 
 
 def test_calibration_images_are_refused_for_comparison(run_copy, image_sets):
     with pytest.raises(CompareError, match="used for calibration"):
-        compare.run(compare.CompareConfig(eval_dir=str(image_sets["calib"]), eval_images=10), run_copy)
+        compare.run(_cfg(image_sets, eval_dir=str(image_sets["calib"]), eval_images=10), run_copy)
+
+
+def test_task_accuracy_and_recipes_on_a_labeled_split(run_copy, image_sets):
+    res = compare.run(_cfg(image_sets, data=str(image_sets["data"]), recipes=True), run_copy)
+    acc = res.accuracy
+    assert acc["images"] == 6 and acc["fp32"]["targets"] == 18
+    assert acc["drop_points"] == pytest.approx(100 * (acc["fp32"]["map50_95"] - acc["quantized"]["map50_95"]), abs=1e-3)
+    assert [r["recipe"].split()[0] for r in res.recipes] == ["fp32", "fp16", "mixed", "all"]
+    assert res.recipes[0]["drop_points"] == 0.0 and res.recipes[1]["bytes"] < 0.6 * res.recipes[0]["bytes"]
+    assert res.agreement["all"]["reference"] >= 0
+    assert {p.split("/")[-1] for p in res.plots} == {"errors.png", "coverage.png"}
+
+
+def test_labeled_images_used_for_calibration_are_refused(run_copy, image_sets, tmp_path):
+    import shutil
+
+    from conftest import make_labeled_split
+
+    data = make_labeled_split(tmp_path / "lab", 2, seed=9)
+    calib = json.loads((run_copy / "calibrate" / "result.json").read_text())
+    shutil.copy(image_sets["calib"] / calib["files"][0]["file"], data.parent / "val" / "images" / "leak.jpg")
+    with pytest.raises(CompareError, match="labeled image.*used for calibration"):
+        compare.run(_cfg(image_sets, data=str(data)), run_copy)
+
+
+@pytest.fixture(scope="module")
+def reference_int8_run(tmp_path_factory):
+    """The reference AOI detector, exported at 640 and quantized all-INT8 (head too) from 16 frames."""
+    from yolo_compile import calibrate, export, quantize
+    from yolo_compile.workflow import reference_defaults
+
+    ref = reference_defaults()
+    run_dir = tmp_path_factory.mktemp("reference")
+    export.run(export.ExportConfig(model=ref["model"]), run_dir)
+    calibrate.run(calibrate.CalibrateConfig(calib_dir=ref["calib_dir"], calib_images=16), run_dir)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run_dir)
+    return run_dir, ref
+
+
+def test_map_gate_on_the_reference_detector_fails_when_the_drop_exceeds_it(reference_int8_run):
+    run_dir, ref = reference_int8_run
+    cfg = dict(eval_dir=ref["eval_dir"], eval_images=2, data=ref["data"], map_images=12, box_atol=1e3, score_atol=1.0,
+               recipes=False, sensitivity=False)
+    res = compare.run(compare.CompareConfig(**cfg, map_drop_max=50.0), run_dir)
+    acc = res.accuracy
+    assert acc["fp32"]["map50_95"] > 0.8 and acc["drop_points"] > 0.5  # a quantized head costs real accuracy
+    assert set(acc["fp32"]["per_class"]) <= {"good", "insufficient", "bridge", "offset", "particle"}
+    with pytest.raises(CompareError, match=r"mAP50-95 dropped .* > map_drop_max 0.1"):
+        compare.run(compare.CompareConfig(**cfg, map_drop_max=0.1), run_dir)
+    failed = json.loads((run_dir / "compare" / "result.json").read_text())
+    assert failed["status"] == "failed" and "map_drop_max" in failed["reasons"][-1]

@@ -1,0 +1,158 @@
+"""Task accuracy on a labeled split: mAP50-95 / mAP50 overall, per class and for small objects."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import images
+from .detections import Detections, box_iou, decode
+from .errors import CompareError
+
+log = logging.getLogger(__name__)
+SMALL_AREA = 32 * 32  # COCO's small objects, in original-image pixels
+
+
+@dataclass
+class LabeledSplit:
+    images: list[Path]
+    labels: list[np.ndarray]  # per image (n, 5): class, cx, cy, w, h normalised
+    shapes: list[tuple[int, int]]  # original (h, w)
+
+
+def read_split(data_yaml: str | Path, split: str = "val") -> LabeledSplit:
+    """Return the images, YOLO labels and image sizes of one split of an Ultralytics data.yaml."""
+    import cv2
+    import yaml
+
+    data_yaml = Path(data_yaml)
+    if not data_yaml.is_file():
+        raise CompareError(f"{data_yaml}: no such data.yaml; pass data=PATH to an Ultralytics dataset file, or data='' to skip mAP")
+    cfg = yaml.safe_load(data_yaml.read_text()) or {}
+    if split not in cfg:
+        raise CompareError(f"{data_yaml}: has no '{split}' key; add '{split}: path/to/images'")
+    base = data_yaml.parent / cfg.get("path", "") if not Path(cfg.get("path", "")).is_absolute() else Path(cfg["path"])
+    img_dir = (base / cfg[split]).resolve()
+    paths = images.list_images(img_dir)
+    if not paths:
+        raise CompareError(f"{img_dir}: no images for split '{split}' of {data_yaml}")
+    labels, shapes = [], []
+    for p in paths:
+        lbl = label_path(p)
+        rows = np.loadtxt(lbl, ndmin=2, dtype=np.float32) if lbl.is_file() and lbl.stat().st_size else np.zeros((0, 5), np.float32)
+        if rows.shape[1] != 5:
+            raise CompareError(f"{lbl}: expected 5 columns (class cx cy w h) per line, got {rows.shape[1]}")
+        labels.append(rows)
+        h, w = cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape[:2]
+        shapes.append((h, w))
+    return LabeledSplit(paths, labels, shapes)
+
+
+def label_path(image: Path) -> Path:
+    """Return the YOLO label file of an image: the last 'images' folder of its path swapped for 'labels'."""
+    parts = list(image.parts)
+    idx = len(parts) - 1 - parts[::-1].index("images") if "images" in parts[:-1] else None
+    if idx is None:
+        return image.with_suffix(".txt")
+    parts[idx] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+def letterbox_boxes(labels: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """Return normalised cx,cy,w,h labels as xyxy pixels in the letterboxed size x size frame."""
+    h, w = shape
+    r = min(size / h, size / w)
+    pad_x, pad_y = (size - round(w * r)) / 2, (size - round(h * r)) / 2
+    cx, cy, bw, bh = labels[:, 1] * w * r + pad_x, labels[:, 2] * h * r + pad_y, labels[:, 3] * w * r, labels[:, 4] * h * r
+    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+
+
+def predict(onnx_path: Path, array: np.ndarray, input_name: str, batch: int = 8, desc: str = "") -> list[Detections]:
+    """Run an ONNX model with ONNX Runtime (CPU) over a (N, 3, S, S) array; return NMS'd detections per image."""
+    import onnxruntime as ort
+    from tqdm.auto import tqdm
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    dim0 = sess.get_inputs()[0].shape[0]
+    batch = batch if not isinstance(dim0, int) else dim0
+    dets = []
+    for i in tqdm(range(0, len(array), batch), desc=desc or Path(onnx_path).name, unit="batch"):
+        x = np.ascontiguousarray(array[i:i + batch])
+        if len(x) < batch and isinstance(dim0, int):
+            x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])
+        (out,) = sess.run(None, {input_name: x})[:1]
+        dets += [decode(o) for o in out[: len(array) - i]]
+    return dets
+
+
+def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict) -> dict:
+    """Return mAP50-95, mAP50, per-class AP and small-object mAP of detections against the split's labels."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    iouv = np.linspace(0.5, 0.95, 10)
+    rows = {"all": ([], [], [], []), "small": ([], [], [], [])}
+    for d, lbl, shape in zip(dets, split.labels, split.shapes):
+        gt = letterbox_boxes(lbl, shape, size)
+        gcls = lbl[:, 0].astype(np.int64)
+        r2 = min(size / shape[0], size / shape[1]) ** 2
+        g_small = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) / r2 < SMALL_AREA
+        d_small = (d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1]) / r2 < SMALL_AREA
+        for key, gmask, dmask in (("all", slice(None), slice(None)), ("small", g_small, d_small)):
+            tp = _match(d.boxes[dmask], d.classes[dmask], gt[gmask], gcls[gmask], iouv)
+            for lst, val in zip(rows[key], (tp, d.scores[dmask], d.classes[dmask], gcls[gmask])):
+                lst.append(val)
+    out = {}
+    for key, (tp, conf, pcls, tcls) in rows.items():
+        tcls_all = np.concatenate(tcls)
+        if not len(tcls_all):
+            out[key] = {"map50_95": None, "map50": None, "targets": 0}
+            continue
+        res = ap_per_class(np.concatenate(tp), np.concatenate(conf), np.concatenate(pcls), tcls_all, names=names)
+        ap, classes = res[5], res[6]
+        out[key] = {"map50_95": float(ap.mean()), "map50": float(ap[:, 0].mean()), "targets": int(len(tcls_all))}
+        if key == "all":
+            out["per_class"] = {str(names.get(int(c), c)): {"map50_95": float(ap[i].mean()), "ap50": float(ap[i, 0])}
+                                for i, c in enumerate(classes)}
+    return {"map50_95": out["all"]["map50_95"], "map50": out["all"]["map50"], "targets": out["all"]["targets"],
+            "per_class": out.get("per_class", {}), "small": out["small"]}
+
+
+def agreement_map(ref: list[Detections], test: list[Detections], conf: float = 0.25) -> float:
+    """Return the mAP50-95 of test detections scored against reference detections (conf >= conf) as labels.
+
+    A label-free measure of how far a variant moved from FP32 that, unlike matching at IoU 0.5, also sees
+    box localisation; test detections should be decoded at a low confidence, as for any mAP.
+    """
+    from ultralytics.utils.metrics import ap_per_class
+
+    iouv = np.linspace(0.5, 0.95, 10)
+    tp, scores, pcls, tcls = [], [], [], []
+    for r, t in zip(ref, test):
+        keep = r.scores >= conf
+        tp.append(_match(t.boxes, t.classes, r.boxes[keep], r.classes[keep], iouv))
+        scores.append(t.scores)
+        pcls.append(t.classes)
+        tcls.append(r.classes[keep])
+    tcls_all = np.concatenate(tcls)
+    if not len(tcls_all):
+        return 1.0
+    ap = ap_per_class(np.concatenate(tp), np.concatenate(scores), np.concatenate(pcls), tcls_all)[5]
+    return float(ap.mean())
+
+
+def _match(boxes: np.ndarray, pcls: np.ndarray, gt: np.ndarray, gcls: np.ndarray, iouv: np.ndarray) -> np.ndarray:
+    """Return the (detections, thresholds) correctness matrix: greedy by score, one target per detection."""
+    correct = np.zeros((len(boxes), len(iouv)), bool)
+    if not len(boxes) or not len(gt):
+        return correct
+    iou = box_iou(gt, boxes) * (gcls[:, None] == pcls[None, :])
+    claimed = np.zeros((len(gt), len(iouv)), bool)
+    for j in np.flatnonzero((iou >= iouv[0]).any(0)):  # detections arrive sorted by score (NMS order)
+        avail = np.where(claimed, 0.0, iou[:, j, None])
+        k = avail.argmax(0)
+        correct[j] = avail[k, range(len(iouv))] >= iouv
+        claimed[k, range(len(iouv))] |= correct[j]
+    return correct

@@ -1,0 +1,211 @@
+"""The compare stage's accuracy study: mAP gate data, recipes side by side, layer sensitivity, calibration checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import accuracy, images, runs
+from .errors import CompareError, RunFolderError
+
+log = logging.getLogger(__name__)
+
+
+class Study:
+    """Everything the compare stage measures beyond tensor errors, sharing one labeled array and one calibration."""
+
+    def __init__(self, cfg, run_dir: Path, exp: dict, quant: dict, eval_array: np.ndarray, fp32_eval: np.ndarray,
+                 calib_sha: set[str]):
+        from .sensitivity import OutputJudge
+
+        self.cfg, self.run_dir, self.exp, self.quant = cfg, run_dir, exp, quant
+        self.dir = runs.stage_dir(run_dir, "compare")
+        self.size, self.input = int(exp["imgsz"]), exp["input_name"]
+        self.names = {int(k): v for k, v in exp["class_names"].items()}
+        self.eval_array, self.calib_sha = eval_array, calib_sha
+        self.judge = OutputJudge(fp32_eval, self.names, conf=cfg.conf)
+        self.fp32 = run_dir / exp["onnx"]
+        self.plots: list[Path] = []
+        self.split = self.val = None
+        self.map_cache: dict[str, dict] = {}
+        try:
+            self.calib = runs.require_passed(run_dir, "calibrate")
+        except RunFolderError:
+            self.calib = None
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    def labeled(self) -> None:
+        """Load the labeled split (refusing calibration images) into a memory-mapped array."""
+        from .calibrate import sample
+
+        split = accuracy.read_split(self.cfg.data)
+        keep = sample(list(range(len(split.images))), self.cfg.map_images or len(split.images), self.cfg.eval_seed)
+        split = accuracy.LabeledSplit([split.images[i] for i in keep], [split.labels[i] for i in keep],
+                                      [split.shapes[i] for i in keep])
+        reused = [p.name for p in split.images if runs.sha256(p) in self.calib_sha]
+        if reused:
+            raise CompareError(f"{self.cfg.data}: {len(reused)} labeled image(s) were used for calibration "
+                               f"(e.g. {reused[0]}); evaluate on a split disjoint from calib_dir")
+        self.val_stats = images.write_array(split.images, self.size, self.dir / "val.npy", desc="labeled images")
+        self.split, self.val = split, np.load(self.dir / "val.npy", mmap_mode="r")
+
+    def map_of(self, onnx_path: Path, label: str) -> dict:
+        """Return (and remember) the mAP of one model on the labeled split."""
+        if label not in self.map_cache:
+            dets = accuracy.predict(onnx_path, self.val, self.input, desc=f"mAP {label}")
+            self.map_cache[label] = accuracy.evaluate(dets, self.split, self.size, self.names)
+        return self.map_cache[label]
+
+    def quantize(self, dst: Path, n_images: int | None = None, *, exclude=None, include=None, cache=None,
+                 one_image: bool = False) -> Path:
+        """ModelOpt INT8 PTQ of the FP32 model with this run's calibration array (or one image plus a cache)."""
+        from .quantize import modelopt_quantize
+
+        data = np.load(self.run_dir / self.calib["array"], mmap_mode="r")
+        data = data[:1] if one_image else data[:n_images]
+        method = self.quant.get("calibration_method") or "entropy"
+        modelopt_quantize(self.fp32, dst, data, self.exp, method, self.hp_dtype, exclude=exclude, include=include,
+                          cache=cache)
+        return dst
+
+    @property
+    def hp_dtype(self) -> str:
+        return "fp16" if self.quant["target"] == "tensorrt" else "fp32"
+
+    # -- the study ------------------------------------------------------------------------------------
+    def run(self) -> tuple[dict, list, dict, list]:
+        """Return (accuracy, recipes, sensitivity, calibration sweep); each empty where not asked or not possible."""
+        acc, recipes, sens, sweep = {}, [], {}, []
+        if self.cfg.data:
+            self.labeled()
+            fp32, q = self.map_of(self.fp32, "fp32"), self.map_of(self.run_dir / self.quant["onnx"], self.quant["recipe"])
+            acc = {"data": str(self.cfg.data), "images": len(self.split.images), "fp32": fp32, "quantized": q,
+                   "drop_points": round(100 * (fp32["map50_95"] - q["map50_95"]), 3),
+                   "drop_points_map50": round(100 * (fp32["map50"] - q["map50"]), 3)}
+        int8_all = None
+        if (self.cfg.recipes or self.cfg.sensitivity) and self.calib:
+            int8_all = self.quantize(self.dir / "model.int8_all.onnx")
+        if self.cfg.recipes and self.split is not None:
+            recipes = self.recipes(int8_all)
+        if self.cfg.sensitivity and int8_all is not None:
+            sens = self.sensitivity(int8_all)
+        if self.cfg.calib_sweep and self.split is not None and self.calib:
+            sweep = self.calibration_sweep()
+        if self.calib and self.split is not None:
+            self.plots.append(coverage_plot(self.calib, self.val_stats, self.dir / "coverage.png"))
+        return acc, recipes, sens, sweep
+
+    def recipes(self, int8_all: Path | None) -> list[dict]:
+        """mAP, agreement and size of FP32, FP16-only, the run's recipe and all-INT8, measured the same way."""
+        from .quantize import convert_float
+
+        fp16 = self.dir / "model.fp16.onnx"
+        convert_float(self.fp32, fp16, "fp16")
+        models = [("fp32", self.fp32), ("fp16 only", fp16),
+                  (f"{self.quant['recipe']} (run's model, head {self.quant['high_precision_dtype']})",
+                   self.run_dir / self.quant["onnx"])]
+        if int8_all is not None:
+            models.append(("all int8 (head quantized)", int8_all))
+        base = self.map_of(self.fp32, "fp32")
+        rows = []
+        for label, path in models:
+            key = self.quant["recipe"] if path == self.run_dir / self.quant["onnx"] else label
+            m = self.map_of(path, key)
+            j = self.judge.judge(images.run_onnx(path, self.eval_array, self.input))
+            rows.append({"recipe": label, "map50_95": round(m["map50_95"], 4), "map50": round(m["map50"], 4),
+                         "drop_points": round(100 * (base["map50_95"] - m["map50_95"]), 3),
+                         "small_map50_95": m["small"]["map50_95"], "agreement_recall": round(j["recall"], 4),
+                         "agreement_precision": round(j["precision"], 4), "bytes": path.stat().st_size})
+        return rows
+
+    def sensitivity(self, int8_all: Path) -> dict:
+        """Rank layer groups from the all-INT8 model's scales; search the smallest float set passing the gate."""
+        from . import sensitivity as sv
+        from .quantize import inspect_qdq
+
+        cache = self.dir / "calibration.cache"
+        sv.write_cache(int8_all, cache)
+        groups = sv.layer_groups(inspect_qdq(int8_all)[1], int(self.exp["head_index"]))
+        baseline = self.judge.judge(images.run_onnx(int8_all, self.eval_array, self.input))
+
+        def variant(exclude: list[str], include: list[str]) -> Path:
+            fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.dir)
+            os.close(fd)
+            return self.quantize(Path(tmp), exclude=exclude, include=include, cache=cache, one_image=True)
+
+        def outputs_of(exclude: list[str], include: list[str]) -> np.ndarray:
+            path = variant(exclude, include)
+            try:
+                return images.run_onnx(path, self.eval_array, self.input)
+            finally:
+                path.unlink(missing_ok=True)
+
+        ranked = sv.rank(groups, outputs_of, self.judge, baseline["loss"])
+        self.plots.append(sv.plot(ranked, self.dir / "sensitivity.png"))
+        out = {"groups": len(groups), "baseline_all_int8_loss": baseline["loss"], "ranked": ranked,
+               "top5": [r["group"] for r in ranked[:5]]}
+        if self.split is not None:
+            base = self.map_of(self.fp32, "fp32")["map50_95"]
+
+            def drop_of(exclude: list[str]) -> float:
+                path = variant(exclude, [])
+                try:
+                    dets = accuracy.predict(path, self.val, self.input, desc="recipe search")
+                    return 100 * (base - accuracy.evaluate(dets, self.split, self.size, self.names)["map50_95"])
+                finally:
+                    path.unlink(missing_ok=True)
+
+            out["search"] = sv.search(ranked, groups, drop_of, self.cfg.map_drop_max, self.cfg.search_steps)
+            if out["search"]["passed"]:
+                runs.write_json(self.dir / "nodes_to_exclude.json", out["search"]["nodes_to_exclude"])
+        return out
+
+    def calibration_sweep(self) -> list[dict]:
+        """mAP drop of the run's recipe calibrated on the first n images, for each n in calib_sweep."""
+        import onnx
+
+        from .quantize import find_head
+
+        head = find_head(onnx.load(str(self.fp32), load_external_data=False).graph, int(self.exp["head_index"]))
+        exclude = [re.escape(n) + "$" for n in head.kept_float] if self.quant["recipe"] == "mixed" else []
+        base = self.map_of(self.fp32, "fp32")["map50_95"]
+        available = int(self.calib["shape"][0])
+        rows = []
+        for n in sorted(set(self.cfg.calib_sweep)):
+            if n > available:
+                rows.append({"images": n, "skipped": f"only {available} calibration images; raise calib_images"})
+                continue
+            path = self.dir / f"sweep_{n}.onnx"
+            with runs.Timer() as t:
+                self.quantize(path, n, exclude=exclude)
+            m = accuracy.evaluate(accuracy.predict(path, self.val, self.input, desc=f"sweep {n}"), self.split,
+                                  self.size, self.names)
+            path.unlink()
+            rows.append({"images": n, "map50_95": round(m["map50_95"], 4),
+                         "drop_points": round(100 * (base - m["map50_95"]), 3), "calibration_s": round(t.seconds, 1)})
+        return rows
+
+
+def coverage_plot(calib: dict, val_stats: list[dict], path: Path) -> Path:
+    """Histograms of brightness and contrast: calibration set against the labeled split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, key, ckey in ((axes[0], "mean", "brightness"), (axes[1], "std", "contrast")):
+        ax.hist(calib.get(ckey, []), bins=20, alpha=0.6, density=True, label=f"calibration ({len(calib.get(ckey, []))})")
+        ax.hist([s[key] for s in val_stats], bins=20, alpha=0.6, density=True, label=f"validation ({len(val_stats)})")
+        ax.set_title(f"{ckey} (preprocessed pixel {key})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

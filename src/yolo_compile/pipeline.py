@@ -1,0 +1,287 @@
+"""Camera frames to detections on a GPU: decode, letterbox, upload, inference and NMS, serial or overlapped.
+
+The throughput stage uses these pieces to time what a deployment moves, not only what it computes: JPEG
+bytes in, detections out. Three preprocessing paths share one PyTorch model (FP16, CUDA graph, static batch):
+  * cpu decode, float32 upload: cv2 decode + letterbox + /255 on the host, float32 over PCIe (4 bytes a pixel);
+  * cpu decode, uint8 upload: cv2 decode + letterbox on the host, uint8 over PCIe, /255 and RGB on the GPU
+    (what an engine built from export's uint8 ONNX takes);
+  * gpu decode (nvJPEG): the JPEG bytes over PCIe, torchvision.io.decode_jpeg(device="cuda"), letterbox on the GPU.
+Overlapped mode decodes batch i+1, infers batch i and runs NMS on batch i-1 on three CUDA streams with
+preallocated ring buffers; serial mode does the same work one step after another.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .images import PAD_VALUE, letterbox, list_images
+
+PATHS = ("cpu decode, float32 upload", "cpu decode, uint8 upload", "gpu decode (nvJPEG)")
+SLOTS = 3  # ring depth: decode, infer and NMS each hold one batch
+
+
+def read_jpegs(folder: str | Path, count: int) -> list[bytes]:
+    """Return count JPEG files' bytes from folder (cycling when it holds fewer): the frames a camera would send."""
+    files = [p for p in list_images(folder) if p.suffix.lower() in (".jpg", ".jpeg")]
+    if not files:
+        raise ValueError(f"{folder}: no .jpg/.jpeg frames for the end-to-end check; pass eval_dir with JPEG images")
+    data = [p.read_bytes() for p in files[:count]]
+    return [data[i % len(data)] for i in range(count)]
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Return (new_h, new_w, top, left) exactly as images.letterbox rounds them."""
+    r = min(size / h, size / w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    return new_h, new_w, int(round((size - new_h) / 2 - 0.1)), int(round((size - new_w) / 2 - 0.1))
+
+
+def cpu_letterboxed(jpeg: bytes, size: int) -> np.ndarray:
+    """Return one JPEG decoded by cv2 and letterboxed: size x size x 3 uint8 BGR."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("a frame is not a decodable JPEG; remove it from the frames folder")
+    return letterbox(img, size)
+
+
+def nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
+    """Return per-image (n, 6) tensors [x1, y1, x2, y2, score, class] from raw (B, 4 + classes, anchors) output."""
+    import torch
+    from torchvision.ops import batched_nms
+
+    x = pred.transpose(1, 2).float()
+    scores, cls = x[..., 4:].max(-1)
+    b, a = torch.nonzero(scores > conf, as_tuple=True)
+    xywh = x[b, a, :4]
+    boxes = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    s, c = scores[b, a], cls[b, a]
+    keep = batched_nms(boxes, s, b * x.shape[-1] + c, iou)  # one group per image and class
+    dets = torch.cat([boxes[keep], s[keep, None], c[keep, None].float()], 1)
+    kb = b[keep]
+    return [dets[kb == i][:max_det] for i in range(pred.shape[0])]
+
+
+def load_torch_detector(checkpoint: str | Path, device: str, half: bool):
+    """Return the checkpoint's DetectionModel, fused, in eval mode, on device (FP16 when half)."""
+    import torch
+
+    from .export import load_model
+
+    net = load_model(Path(checkpoint)).model.float().fuse().eval().to(device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.half() if half else net
+
+
+def raw_output(out):
+    """Return the decoded (B, 4 + classes, anchors) tensor of an Ultralytics forward (eval returns a tuple)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def cuda_graph(net, x):
+    """Return (replay, static_output): net(x) captured as a CUDA graph on x's static buffer."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.inference_mode():
+        for _ in range(3):  # lets cuDNN pick kernels and Ultralytics cache its anchors before capture
+            net(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        out = raw_output(net(x))
+    return graph.replay, out
+
+
+class GpuPipeline:
+    """One preprocessing path into a CUDA-graphed FP16 detector at a static batch, with preallocated buffers."""
+
+    def __init__(self, net, path: str, batch: int, size: int, workers: int = 8):
+        import torch
+
+        if path not in PATHS:
+            raise ValueError(f"pipeline path {path!r}: expected one of {', '.join(PATHS)}")
+        self.path, self.batch, self.size = path, batch, size
+        dev = torch.device("cuda")
+        self.pool = ThreadPoolExecutor(max_workers=min(workers, batch))  # cv2 releases the GIL
+        self.prefetch = ThreadPoolExecutor(max_workers=1)
+        self.x = torch.zeros((batch, 3, size, size), dtype=torch.float16, device=dev)
+        self.replay, self.y = cuda_graph(net, self.x)
+        self.pre = [torch.empty_like(self.x) for _ in range(SLOTS)]
+        self.out = [torch.empty_like(self.y) for _ in range(SLOTS)]
+        if path.startswith("cpu decode, float32"):
+            self.host = [torch.empty((batch, 3, size, size), dtype=torch.float32).pin_memory() for _ in range(SLOTS)]
+        elif path.startswith("cpu decode, uint8"):
+            self.host = [torch.empty((batch, size, size, 3), dtype=torch.uint8).pin_memory() for _ in range(SLOTS)]
+        else:
+            self.host = [None] * SLOTS
+        self.staging = [h.to(dev) if h is not None else None for h in self.host]
+        self.streams = {k: torch.cuda.Stream() for k in ("decode", "infer", "post")}
+        self.ev_pre = [torch.cuda.Event() for _ in range(SLOTS)]
+        self.ev_inf = [torch.cuda.Event() for _ in range(SLOTS)]
+
+    def bytes_per_frame(self, jpegs: list[bytes]) -> float:
+        """Return the bytes one frame moves host -> device on this path."""
+        if self.path.startswith("gpu"):
+            return float(np.mean([len(j) for j in jpegs]))
+        return 3 * self.size * self.size * (4 if "float32" in self.path else 1)
+
+    def host_part(self, frames: list, slot: int) -> None:
+        """Decode and letterbox on the CPU into the slot's pinned buffer (no-op for the nvJPEG path)."""
+        if self.host[slot] is None:
+            return
+        self.ev_pre[slot].synchronize()  # the previous upload from this pinned buffer has finished
+        boxed = list(self.pool.map(lambda j: cpu_letterboxed(j, self.size), frames))
+        buf = self.host[slot].numpy()
+        for k, img in enumerate(boxed):
+            if buf.dtype == np.uint8:
+                buf[k] = img
+            else:
+                buf[k] = img[:, :, ::-1].transpose(2, 0, 1)
+                buf[k] /= np.float32(255.0)
+
+    def device_part(self, frames: list, slot: int) -> None:
+        """Upload (or GPU-decode) into the slot's FP16 model-input buffer, on the current stream."""
+        import torch
+        import torch.nn.functional as F
+        from torchvision.io import decode_jpeg
+
+        dst = self.pre[slot]
+        if self.host[slot] is not None:
+            st = self.staging[slot]
+            st.copy_(self.host[slot], non_blocking=True)
+            if st.dtype == torch.uint8:  # NHWC BGR -> NCHW RGB, /255 on the GPU
+                dst.copy_(st.permute(0, 3, 1, 2).flip(1))
+                dst.div_(255.0)
+            else:
+                dst.copy_(st)
+            return
+        imgs = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in frames], device="cuda")
+        dst.fill_(PAD_VALUE / 255.0)
+        shapes = {tuple(i.shape[1:]) for i in imgs}
+        groups = [(list(range(len(imgs))), shapes.pop())] if len(shapes) == 1 else \
+            [([k], tuple(i.shape[1:])) for k, i in enumerate(imgs)]
+        for idx, (h, w) in groups:
+            nh, nw, top, left = letterbox_geometry(h, w, self.size)
+            src = torch.stack([imgs[k] for k in idx]).half()
+            if (nh, nw) != (h, w):
+                src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
+            dst[idx, :, top:top + nh, left:left + nw] = src / 255.0
+
+    def infer(self, slot: int) -> None:
+        """Copy the slot into the graph input, replay the graph, copy its output into the slot."""
+        self.x.copy_(self.pre[slot])
+        self.replay()
+        self.out[slot].copy_(self.y)
+
+    def run_serial(self, batches: list[list[bytes]]) -> dict:
+        """Run every batch start to finish before the next; return timings (component times per batch)."""
+        import torch
+
+        parts = {"host_decode_ms": [], "upload_or_gpu_decode_ms": [], "inference_ms": [], "nms_ms": []}
+        lat = []
+        torch.cuda.synchronize()
+        t_all = time.perf_counter()
+        for frames in batches:
+            t0 = time.perf_counter()
+            self.host_part(frames, 0)
+            t1 = time.perf_counter()
+            self.device_part(frames, 0)
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            self.infer(0)
+            torch.cuda.synchronize()
+            t3 = time.perf_counter()
+            nms(self.out[0])
+            torch.cuda.synchronize()
+            t4 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[k].append(v * 1e3)
+            lat.append(t4 - t0)
+        wall = time.perf_counter() - t_all
+        return _summary(lat, wall, len(batches) * self.batch) | {k: float(np.median(v)) for k, v in parts.items()}
+
+    def run_overlapped(self, batches: list[list[bytes]]) -> dict:
+        """Decode batch i+1, infer batch i and NMS batch i-1 on three streams; return timings."""
+        import torch
+
+        s_dec, s_inf, s_post = self.streams["decode"], self.streams["infer"], self.streams["post"]
+        n = len(batches)
+        started, lat = [0.0] * n, []
+        torch.cuda.synchronize()
+        t_all = time.perf_counter()
+
+        def host(i: int) -> None:
+            started[i] = time.perf_counter()
+            self.host_part(batches[i], i % SLOTS)
+
+        pending = self.prefetch.submit(host, 0)
+        for i in range(n + 2):
+            if 1 <= i <= n:  # launch inference first: the GPU works while the host decodes below
+                k = (i - 1) % SLOTS
+                with torch.cuda.stream(s_inf):
+                    s_inf.wait_event(self.ev_pre[k])
+                    self.infer(k)
+                    self.ev_inf[k].record(s_inf)
+            if i < n:
+                pending.result()
+                if i + 1 < n:
+                    pending = self.prefetch.submit(host, i + 1)
+                k = i % SLOTS
+                with torch.cuda.stream(s_dec):
+                    s_dec.wait_event(self.ev_inf[k])  # inference of batch i-3 has read this slot
+                    self.device_part(batches[i], k)
+                    self.ev_pre[k].record(s_dec)
+            if 2 <= i <= n + 1:
+                k = (i - 2) % SLOTS
+                with torch.cuda.stream(s_post):
+                    s_post.wait_event(self.ev_inf[k])
+                    nms(self.out[k])
+                    s_post.synchronize()
+                lat.append(time.perf_counter() - started[i - 2])
+        torch.cuda.synchronize()
+        return _summary(lat, time.perf_counter() - t_all, n * self.batch)
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self.pool.shutdown()
+        self.prefetch.shutdown()
+
+
+def _summary(latencies_s: list[float], wall_s: float, frames: int) -> dict:
+    a = np.asarray(latencies_s) * 1e3
+    return {"frames_per_s": frames / wall_s, "batch_latency_p50_ms": float(np.percentile(a, 50)),
+            "batch_latency_p99_ms": float(np.percentile(a, 99))}
+
+
+def cpu_end_to_end(session, input_name: str, batches: list[list[bytes]], size: int, workers: int = 2) -> dict:
+    """Serial CPU pipeline: cv2 decode + letterbox + float32, ONNX Runtime inference, NMS; return timings."""
+    import torch
+
+    parts = {"host_decode_ms": [], "inference_ms": [], "nms_ms": []}
+    lat = []
+    t_all = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, frames in enumerate(batches[:1] + batches):  # pass 0 warms the session up and is dropped
+            t0 = time.perf_counter()
+            boxed = list(pool.map(lambda j: cpu_letterboxed(j, size), frames))
+            x = np.ascontiguousarray(np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+            t1 = time.perf_counter()
+            (pred,) = session.run(None, {input_name: x})[:1]
+            t2 = time.perf_counter()
+            nms(torch.from_numpy(pred))
+            t3 = time.perf_counter()
+            for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[k].append(v * 1e3)
+            lat.append(t3 - t0)
+            if i == 0:
+                parts, lat, t_all = {k: [] for k in parts}, [], time.perf_counter()
+    out = _summary(lat, time.perf_counter() - t_all, sum(len(f) for f in batches))
+    return out | {k: float(np.median(v)) for k, v in parts.items()}

@@ -1,0 +1,152 @@
+"""Layer sensitivity: which layer groups hurt when quantized, and the smallest float set that passes the gate.
+
+All variants reuse the scales of one full calibration (written as a TensorRT-style calibration cache that
+ModelOpt reads), so a variant costs one ModelOpt pass over a single image instead of a new calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .detections import agreement, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A layer group: one backbone/neck module, one head branch, or the DFL."""
+
+    name: str
+    nodes: tuple[str, ...]
+
+    @property
+    def patterns(self) -> list[str]:
+        """Exact-name regexes for ModelOpt's nodes_to_exclude / nodes_to_quantize."""
+        return [re.escape(n) + "$" for n in self.nodes]
+
+
+def layer_groups(quantized_nodes: list[str], head_index: int) -> list[Group]:
+    """Group quantized node names by Ultralytics module (/model.i/), splitting the head into branches."""
+    groups: dict[str, list[str]] = {}
+    head = re.compile(rf"/model\.{head_index}/(cv[23]\.\d+|dfl)/")
+    module = re.compile(r"/model\.(\d+)/")
+    for name in quantized_nodes:
+        if m := head.match(name):
+            groups.setdefault(f"head {m.group(1)}", []).append(name)
+        elif m := module.match(name):
+            groups.setdefault(f"model.{m.group(1)}", []).append(name)
+    order = lambda k: (k.startswith("head"), int(k.split(".")[1]) if not k.startswith("head") else 0, k)  # noqa: E731
+    return [Group(k, tuple(groups[k])) for k in sorted(groups, key=order)]
+
+
+def write_cache(qdq_path: Path, cache_path: Path) -> int:
+    """Write the activation scales of a Q/DQ model as a calibration cache ModelOpt can import; return their count."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(qdq_path))
+    init = {i.name: i for i in model.graph.initializer}
+    lines = ["TRT-8501-EntropyCalibration2"]
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in init and node.input[1] in init:
+            scale = float(numpy_helper.to_array(init[node.input[1]]).reshape(-1)[0])
+            lines.append(f"{node.input[0]}: {struct.pack('!f', scale).hex()}")
+    cache_path.write_text("\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+class OutputJudge:
+    """Scores a model's raw outputs on a few held-out images against FP32's, without labels."""
+
+    def __init__(self, fp32_outputs: np.ndarray, names: dict, conf: float = 0.25):
+        self.ref = fp32_outputs
+        self.names, self.conf = names, conf
+        self.ref_dets = [decode(o, conf=conf) for o in fp32_outputs]
+
+    def judge(self, outputs: np.ndarray) -> dict:
+        """Return loss (100 x (1 - mAP50-95 against FP32's detections)), agreement and tensor errors."""
+        from .accuracy import agreement_map
+
+        low = [decode(o) for o in outputs]
+        agree = agreement(self.ref_dets, low, self.names, conf=self.conf)["all"]
+        mask = self.ref[:, 4:].max(1) >= self.conf
+        box = np.abs(self.ref[:, :4] - outputs[:, :4]).transpose(0, 2, 1)[mask]
+        return {"loss": round(100 * (1 - agreement_map(self.ref_dets, low, self.conf)), 3),
+                "recall": agree["recall"], "precision": agree["precision"],
+                "box_p99": float(np.quantile(box, 0.99)) if box.size else 0.0,
+                "score_p99": float(np.quantile(np.abs(self.ref[:, 4:] - outputs[:, 4:]), 0.99))}
+
+
+def rank(groups: list[Group], outputs_of: Callable[[list[str], list[str]], np.ndarray], judge: OutputJudge,
+         baseline_loss: float) -> list[dict]:
+    """For each group: the loss when only it is kept float (from all-INT8), and when only it is quantized.
+
+    `outputs_of(exclude, include)` quantizes a variant and returns its raw outputs on the judge's images.
+    Rows are sorted by how much keeping the group float recovers (gain = all-INT8 loss - loss with the
+    group in float), largest first.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for g in tqdm(groups, desc="layer sensitivity", unit="group"):
+        kept = judge.judge(outputs_of(g.patterns, []))
+        alone = judge.judge(outputs_of([], g.patterns))
+        rows.append({"group": g.name, "nodes": len(g.nodes), "gain_if_float": round(baseline_loss - kept["loss"], 3),
+                     "loss_if_float": kept["loss"], "loss_if_only_int8": alone["loss"],
+                     "box_p99_if_only_int8": round(alone["box_p99"], 3), "score_p99_if_only_int8": round(alone["score_p99"], 4)})
+    rows.sort(key=lambda r: (-r["gain_if_float"], -r["loss_if_only_int8"]))
+    return rows
+
+
+def search(ranked: list[dict], groups: list[Group], drop_of: Callable[[list[str]], float], max_drop: float,
+           max_steps: int) -> dict:
+    """Greedy recipe search: keep the most sensitive groups float, one more a step, until the mAP drop passes.
+
+    Returns the steps tried, the passing set (or None) and its nodes_to_exclude regexes.
+    """
+    by_name = {g.name: g for g in groups}
+    kept: list[str] = []
+    steps = []
+    for row in [None] + ranked[:max_steps]:
+        if row is not None:
+            kept.append(row["group"])
+        exclude = [p for name in kept for p in by_name[name].patterns]
+        drop = drop_of(exclude)
+        steps.append({"float_groups": list(kept), "map50_95_drop_points": round(drop, 3), "passes": drop <= max_drop})
+        log.info("recipe search: %d float groups -> mAP50-95 drop %.2f points", len(kept), drop)
+        if drop <= max_drop:
+            return {"steps": steps, "passed": True, "float_groups": list(kept), "nodes_to_exclude": exclude}
+    return {"steps": steps, "passed": False, "float_groups": None, "nodes_to_exclude": None}
+
+
+def plot(ranked: list[dict], path: Path, top: int = 15) -> Path:
+    """Bar chart of the top groups by gain when kept float, and the loss when each alone is INT8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import runs
+
+    rows = ranked[:top]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["gain_if_float"] for r in rows], 0.4, label="gain if kept float (from all-INT8)")
+    ax.barh(y + 0.2, [r["loss_if_only_int8"] for r in rows], 0.4, label="loss if only it is INT8")
+    ax.set_yticks(y, [r["group"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("disagreement with FP32: 100 x (1 - mAP50-95 against FP32 detections)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with runs.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,54 @@
+"""The CUDA side of the throughput stage: PyTorch rows, nvJPEG decode, overlapped streams. Skipped without CUDA."""
+
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
+
+from yolo_compile import build, images, pipeline, throughput  # noqa: E402
+
+from conftest import IMGSZ  # noqa: E402
+
+
+def test_gpu_letterbox_matches_the_cpu_tensor(image_sets, tiny_checkpoint):
+    net = pipeline.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    files = images.list_images(image_sets["eval"])[:2]
+    jpegs = [f.read_bytes() for f in files]
+    pipe = pipeline.GpuPipeline(net, "gpu decode (nvJPEG)", 2, IMGSZ)
+    try:
+        with torch.cuda.stream(torch.cuda.current_stream()):
+            pipe.device_part(jpegs, 0)
+        torch.cuda.synchronize()
+        got = pipe.pre[0].float().cpu().numpy()
+    finally:
+        pipe.close()
+    want = np.stack([images.load_tensor(f, IMGSZ) for f in files])
+    assert np.abs(got - want).mean() < 0.03  # nvJPEG's IDCT and bilinear resize differ from cv2 by a few levels
+
+
+def test_every_path_runs_serial_and_overlapped(image_sets, tiny_checkpoint):
+    net = pipeline.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    jpegs = pipeline.read_jpegs(image_sets["eval"], 8)
+    batches = [jpegs[i:i + 2] for i in range(0, 8, 2)]
+    for path in pipeline.PATHS:
+        pipe = pipeline.GpuPipeline(net, path, 2, IMGSZ)
+        try:
+            for fn in (pipe.run_serial, pipe.run_overlapped):
+                assert fn(batches)["frames_per_s"] > 0
+        finally:
+            pipe.close()
+
+
+def test_throughput_adds_pytorch_cuda_rows_and_end_to_end(run_copy, image_sets):
+    build.run(build.BuildConfig(target="cpu"), run_copy)
+    res = throughput.run(throughput.ThroughputConfig(batch_sizes=(1, 2), warmup=1, iterations=3, max_seconds=0.5,
+                                                     eval_dir=str(image_sets["eval"]), streams=(2,), e2e_batches=3),
+                         run_copy)
+    models = {r["model"] for r in res.rows if r["device"] == "cuda"}
+    assert models == {"pytorch fp32 eager", "pytorch fp16 eager", "pytorch fp16 + cuda graph"}
+    assert {(r["path"], r["mode"]) for r in res.end_to_end} == {(p, m) for p in pipeline.PATHS for m in ("serial", "overlapped")}
+    assert res.gpu["after"].get("clocks.sm")

@@ -1,0 +1,67 @@
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from yolo_compile import quantize, sensitivity
+
+
+def _scales(path):
+    model = onnx.load(str(path))
+    init = {i.name: i for i in model.graph.initializer}
+    return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
+            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+@pytest.fixture(scope="module")
+def int8_all(quantized_run, tmp_path_factory):
+    import shutil
+
+    run = tmp_path_factory.mktemp("int8") / "run"
+    shutil.copytree(quantized_run, run)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run)
+    return run
+
+
+def test_layer_groups_follow_modules_and_split_the_head(int8_all):
+    _, quantized = quantize.inspect_qdq(int8_all / "quantize" / "model.quant.onnx")
+    groups = sensitivity.layer_groups(quantized, 22)
+    names = [g.name for g in groups]
+    assert names[0] == "model.0" and "head cv2.0" in names and "head cv3.2" in names
+    assert names.index("model.21") < names.index("head cv2.0")
+    assert sum(len(g.nodes) for g in groups) == len(quantized)
+
+
+def test_calibration_cache_reproduces_the_full_calibration_from_one_image(int8_all, tmp_path):
+    import json
+
+    import numpy as np
+
+    src = int8_all / "quantize" / "model.quant.onnx"
+    cache = tmp_path / "calib.cache"
+    n = sensitivity.write_cache(src, cache)
+    assert n == len(_scales(src)) > 50
+    exp = json.loads((int8_all / "export" / "result.json").read_text())
+    data = np.load(int8_all / "calibrate" / "calib.npy", mmap_mode="r")
+    one = tmp_path / "one.onnx"
+    quantize.modelopt_quantize(int8_all / "export" / "model.onnx", one, data[:1], exp, "entropy", "fp32", cache=cache)
+    assert _scales(one) == pytest.approx(_scales(src))
+    excl = tmp_path / "excl.onnx"
+    quantize.modelopt_quantize(int8_all / "export" / "model.onnx", excl, data[:1], exp, "entropy", "fp32", cache=cache,
+                               exclude=[r"/model\.0/conv/Conv$"])
+    assert "/model.0/conv/Conv" not in quantize.inspect_qdq(excl)[1]
+
+
+def test_search_keeps_the_fewest_ranked_groups_that_pass():
+    groups = [sensitivity.Group(n, (f"/{n}/Conv",)) for n in ("a", "b", "c")]
+    ranked = [{"group": "b"}, {"group": "a"}, {"group": "c"}]
+    tried = []
+
+    def drop_of(exclude):  # the mAP drop falls as more groups stay float: 3.0, 1.5, 0.4 points
+        tried.append(list(exclude))
+        return {0: 3.0, 1: 1.5, 2: 0.4}[len(exclude)]
+
+    res = sensitivity.search(ranked, groups, drop_of, max_drop=1.0, max_steps=3)
+    assert res["passed"] and res["float_groups"] == ["b", "a"]
+    assert [s["passes"] for s in res["steps"]] == [False, False, True]
+    assert res["nodes_to_exclude"] == [r"/b/Conv$", r"/a/Conv$"] == tried[-1]
+    assert not sensitivity.search(ranked, groups, lambda e: 5.0, 1.0, 2)["passed"]
