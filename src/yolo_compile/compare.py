@@ -55,6 +55,7 @@ class CompareResult:
     recipes: list = field(default_factory=list)  # all-INT8 / mixed / FP16-only side by side
     sensitivity: dict = field(default_factory=dict)  # ranked groups, recipe search, nodes_to_exclude
     calib_sweep: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # parts of the study not run, with the reason
     plot: str = ""
     plots: list = field(default_factory=list)
     seconds: float = 0.0
@@ -185,7 +186,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         stats=stats, thresholds={"box_atol": cfg.box_atol, "score_atol": cfg.score_atol, "conf": cfg.conf,
                                  "map_drop_max": cfg.map_drop_max},
         polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard)},
-        agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep,
+        agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep, skipped=study.skipped,
         plot=f"{STAGE}/{plots[0].name}", plots=[f"{STAGE}/{p.name}" for p in plots], seconds=round(t.seconds, 2),
     )
     runs.write_result(run_dir, STAGE, result)

@@ -31,6 +31,7 @@ class Study:
         self.judge = OutputJudge(fp32_eval, self.names, conf=cfg.conf)
         self.fp32 = run_dir / exp["onnx"]
         self.plots: list[Path] = []
+        self.skipped: list[str] = []
         self.split = self.val = None
         self.map_cache: dict[str, dict] = {}
         try:
@@ -87,6 +88,10 @@ class Study:
             acc = {"data": str(self.cfg.data), "images": len(self.split.images), "fp32": fp32, "quantized": q,
                    "drop_points": round(100 * (fp32["map50_95"] - q["map50_95"]), 3),
                    "drop_points_map50": round(100 * (fp32["map50"] - q["map50"]), 3)}
+        else:
+            self.skipped.append("task accuracy and the mAP gate: no labeled split (pass data=path/to/data.yaml)")
+        if (self.cfg.recipes or self.cfg.sensitivity) and not self.calib:
+            self.skipped.append("recipes and sensitivity: they need the calibrate stage's array, and it did not run")
         int8_all = None
         if (self.cfg.recipes or self.cfg.sensitivity) and self.calib:
             int8_all = self.quantize(self.dir / "model.int8_all.onnx")

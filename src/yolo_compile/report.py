@@ -22,6 +22,10 @@ def _cell(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, list) and len(v) > 12:
         return html.escape(f"{len(v)} items: " + ", ".join(map(str, v[:6])) + ", ...")
+    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+        return html.escape(", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)) or "-"
+    if isinstance(v, dict) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v.values()):
+        return html.escape("; ".join(f"{k}: {x:.4g}" if isinstance(x, float) else f"{k}: {x}" for k, x in v.items()))
     if isinstance(v, (dict, list)):
         return "<pre>" + html.escape(json.dumps(v, indent=1)[:3000]) + "</pre>"
     return html.escape(str(v))
@@ -104,6 +108,38 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
     return "".join(parts)
 
 
+def summary_html(run_dir: Path) -> str:
+    """Return the verdict in a few lines: accuracy against FP32, the gate, sizes, the engine and its speed."""
+    def res(stage: str) -> dict:
+        path = run_dir / stage / "result.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    exp, q, cmp, build, tp = res("export"), res("quantize"), res("compare"), res("build"), res("throughput")
+    lines = []
+    if q:
+        lines.append(f"Recipe <b>{html.escape(q['recipe'])}</b> for target {html.escape(q['target'])}: "
+                     f"{len(q.get('quantized_nodes', []))} nodes INT8, head kept in {html.escape(q['high_precision_dtype'])}; "
+                     f"{q['calibration_method']} calibration on {q['calibration_images']} images.")
+    if cmp.get("accuracy"):
+        acc = cmp["accuracy"]
+        lines.append(f"mAP50-95 {acc['fp32']['map50_95']:.4f} FP32 -> {acc['quantized']['map50_95']:.4f} quantized: "
+                     f"<b>{acc['drop_points']:.2f} points</b> lost (gate {cmp['thresholds']['map_drop_max']}).")
+    if cmp.get("reasons"):
+        lines.append("<span class='failed'>Gate failed: " + html.escape("; ".join(cmp["reasons"])) + "</span>")
+    search = (cmp.get("sensitivity") or {}).get("search") or {}
+    if search.get("passed"):
+        lines.append(f"Recipe search: keeping {html.escape(', '.join(search['float_groups']) or 'nothing')} in float "
+                     f"loses {search['steps'][-1]['map50_95_drop_points']:.2f} points (compare/nodes_to_exclude.json).")
+    if build:
+        lines.append(f"Engine: {html.escape(build.get('backend', ''))} ({html.escape(build.get('status', ''))}"
+                     + (f": {html.escape(build['reason'])}" if build.get("reason") else "") + ").")
+    if tp.get("rows"):
+        best = max(tp["rows"], key=lambda r: r["images_per_s"])
+        lines.append(f"Fastest measured: {html.escape(str(best['model']))} at batch {best['batch']}, "
+                     f"{best['images_per_s']:.0f} images/s.")
+    return "<h2>Summary</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>" if lines else ""
+
+
 def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     """Write run_dir/report.html from the manifest and every stage's result.json; return its path."""
     run_dir = Path(run_dir)
@@ -114,7 +150,7 @@ def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     body = [f"<h1>yolo-compile report: <span class='{status}'>{html.escape(status)}</span></h1>",
             kv_table({"workflow": m.get("workflow"), "run folder": m.get("run_dir"), "created (UTC)": m.get("created_utc"),
                       "git commit": m.get("git_commit")}),
-            "<h2>Stages</h2>", rows_table(stage_rows)]
+            "<h2>Stages</h2>", rows_table(stage_rows), summary_html(run_dir)]
     for stage in STAGES:
         path = run_dir / stage / "result.json"
         if path.is_file():

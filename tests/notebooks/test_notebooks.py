@@ -123,5 +123,6 @@ def test_papermill_alone_runs_a_notebook_on_a_previous_stage_output(tmp_path, qu
     run_dir = tmp_path / "run"
     shutil.copytree(quantized_run, run_dir)
     pm.execute_notebook(str(notebook_for("compare")), str(tmp_path / "out.ipynb"), progress_bar=False,
-                        parameters={"run_dir": str(run_dir), "eval_dir": str(image_sets["eval"]), "eval_images": 2})
+                        parameters={"run_dir": str(run_dir), "eval_dir": str(image_sets["eval"]), "eval_images": 2,
+                                    "recipes": False, "sensitivity": False})
     assert json.loads((run_dir / "compare" / "result.json").read_text())["images"] == 2
