@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections import Counter
@@ -25,11 +26,31 @@ class QuantizeConfig:
     target: str = "auto"  # tensorrt | cpu | auto: the head's float type follows it (FP16 for TensorRT, FP32 for CPU)
     recipe: str = "mixed"  # mixed: INT8 + float head; int8: head quantized too; float: no INT8 (the baseline)
     calibration_method: str = "entropy"  # entropy | max
+    keep_float: str = ""  # more nodes kept float: a compare/nodes_to_exclude.json from a recipe search, or regexes
 
     def __post_init__(self) -> None:
         check_choice("recipe", self.recipe, RECIPES)
         check_choice("calibration_method", self.calibration_method, METHODS)
         resolve_target(self.target)  # validates the name
+        self.extra_exclude()  # fails early on a missing file or a bad regex
+
+    def extra_exclude(self) -> list[str]:
+        """Return the keep_float regexes (read from a .json list, or split on whitespace)."""
+        if not self.keep_float:
+            return []
+        if self.keep_float.endswith(".json"):
+            path = Path(self.keep_float)
+            if not path.is_file():
+                raise QuantizeError(f"{path}: keep_float file not found; pass a nodes_to_exclude.json from a compare run")
+            patterns = json.loads(path.read_text())
+        else:
+            patterns = self.keep_float.split()
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise QuantizeError(f"keep_float pattern {p!r} is not a regular expression: {e}") from None
+        return list(patterns)
 
 
 @dataclass
@@ -133,6 +154,7 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
             data = _calibration_array(run_dir / cal["array"])
             n_images = int(data.shape[0])
             exclude = [re.escape(n) + "$" for n in head.kept_float] if cfg.recipe == "mixed" else []
+            exclude += cfg.extra_exclude()
             log.info("ModelOpt INT8 PTQ: %s calibration on %d images, %d head nodes kept in %s",
                      cfg.calibration_method, n_images, len(exclude), hp_dtype)
             modelopt_quantize(fp32, tmp, data, exp, cfg.calibration_method, hp_dtype, exclude=exclude)

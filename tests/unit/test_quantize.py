@@ -60,3 +60,14 @@ def test_check_recipe_catches_a_leaked_head_node():
         quantize.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
     with pytest.raises(QuantizeError, match="no Q/DQ"):
         quantize.check_recipe("int8", Counter(), [], head, "m.onnx")
+
+
+def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):
+    recipe = tmp_path / "nodes_to_exclude.json"
+    recipe.write_text('["/model\\\\.0/conv/Conv$"]')
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", keep_float=str(recipe)), run_copy)
+    assert "/model.0/conv/Conv" not in res.quantized_nodes and "/model.1/conv/Conv" in res.quantized_nodes
+    with pytest.raises(QuantizeError, match="not a regular expression"):
+        quantize.QuantizeConfig(keep_float="/model.0/(")
+    with pytest.raises(QuantizeError, match="keep_float file not found"):
+        quantize.QuantizeConfig(keep_float=str(tmp_path / "missing.json"))
