@@ -196,12 +196,9 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
 
 
 def _plot(func: YoloCompareFunc, path: Path) -> Path:
-    import matplotlib
+    from . import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = plots.subplots(1, 2, figsize=(9, 3.2))
     for ax, group, unit, atol in ((axes[0], "boxes", "px", func.box_atol), (axes[1], "scores", "", func.score_atol)):
         for name, groups in func.diffs.items():
             d = np.abs(np.concatenate(groups[group])) if groups[group] else np.zeros(1)
@@ -211,8 +208,4 @@ def _plot(func: YoloCompareFunc, path: Path) -> Path:
         ax.set_title(f"|FP32 - quantized| {group}")
         ax.set_xlabel(unit or "score")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

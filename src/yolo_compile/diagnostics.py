@@ -198,19 +198,12 @@ class Study:
 
 def coverage_plot(calib: dict, val_stats: list[dict], path: Path) -> Path:
     """Histograms of brightness and contrast: calibration set against the labeled split."""
-    import matplotlib
+    from . import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    fig, axes = plots.subplots(1, 2, figsize=(9, 3))
     for ax, key, ckey in ((axes[0], "mean", "brightness"), (axes[1], "std", "contrast")):
         ax.hist(calib.get(ckey, []), bins=20, alpha=0.6, density=True, label=f"calibration ({len(calib.get(ckey, []))})")
         ax.hist([s[key] for s in val_stats], bins=20, alpha=0.6, density=True, label=f"validation ({len(val_stats)})")
         ax.set_title(f"{ckey} (preprocessed pixel {key})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

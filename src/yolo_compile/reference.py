@@ -44,11 +44,9 @@ class ReferenceAssetError(CompileError):
 
 def sha256_file(path: Path | str) -> str:
     """Return the hex sha256 of the file at `path`."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .runs import sha256
+
+    return sha256(path)
 
 
 def verify_reference_model(path: Path | str = REFERENCE_MODEL, card: Path | str = REFERENCE_MODEL_CARD) -> str:

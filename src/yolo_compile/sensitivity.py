@@ -131,15 +131,10 @@ def search(ranked: list[dict], groups: list[Group], drop_of: Callable[[list[str]
 
 def plot(ranked: list[dict], path: Path, top: int = 15) -> Path:
     """Bar chart of the top groups by gain when kept float, and the loss when each alone is INT8."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from . import runs
+    from . import plots
 
     rows = ranked[:top]
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    fig, ax = plots.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
     y = np.arange(len(rows))
     ax.barh(y - 0.2, [r["gain_if_float"] for r in rows], 0.4, label="gain if kept float (from all-INT8)")
     ax.barh(y + 0.2, [r["loss_if_only_int8"] for r in rows], 0.4, label="loss if only it is INT8")
@@ -147,8 +142,4 @@ def plot(ranked: list[dict], path: Path, top: int = 15) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("disagreement with FP32: 100 x (1 - mAP50-95 against FP32 detections)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)

@@ -332,12 +332,9 @@ def _cpu_notes(rows: list[dict], backend: str) -> list[str]:
 
 def _plot(rows: list[dict], e2e: list[dict], path: Path) -> Path:
     """Bar charts: images/s per backend and batch; end-to-end frames/s per path, mode and stream count."""
-    import matplotlib
+    from . import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if e2e else 1, figsize=(12 if e2e else 7, 3.8), squeeze=False)
+    fig, axes = plots.subplots(1, 2 if e2e else 1, figsize=(12 if e2e else 7, 3.8), squeeze=False)
     _bars(axes[0][0], rows, "model", "batch", "images_per_s", "batch", "images/s (model only)")
     if e2e:
         for r in e2e:
@@ -345,11 +342,7 @@ def _plot(rows: list[dict], e2e: list[dict], path: Path) -> Path:
         _bars(axes[0][1], e2e, "_label", "streams", "frames_per_s", "streams", "frames/s (JPEG to detections)")
         for r in e2e:
             del r["_label"]
-    fig.tight_layout()
-    with runs.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return plots.save(fig, path)
 
 
 def _bars(ax, rows: list[dict], series: str, group: str, value: str, group_label: str, ylabel: str) -> None:

@@ -72,7 +72,8 @@ def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     given = {**wf["params"], **overrides}
     if "model" in given and Path(str(given["model"])).resolve() != Path(ref["model"]):
         # The reference image sets only fit the reference detector: another model brings its own.
-        missing = [f"--{'calib' if k == 'calib_dir' else 'eval'}" for k in ("calib_dir", "eval_dir") if k not in given]
+        needed = ("calib_dir", "eval_dir") if "calibrate" in wf["stages"] else ("eval_dir",)
+        missing = [f"--{'calib' if k == 'calib_dir' else 'eval'}" for k in needed if k not in given]
         if missing:
             raise ConfigError(f"model {given['model']} is not the reference detector: pass {' and '.join(missing)} "
                               "with images from its own deployment line")
@@ -86,7 +87,7 @@ def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().resolve()) if not _is_builtin_yaml(params[key]) else params[key]
     typed: dict[str, Any] = {}
-    for stage in STAGES:  # fail before any notebook runs: every stage's config must build
+    for stage in wf["stages"]:  # fail before any notebook runs: every stage's config must build
         cfg = build(config_class(stage), stage_params(stage, params))
         typed.update({k: getattr(cfg, k) for k in stage_params(stage, params)})
     return typed

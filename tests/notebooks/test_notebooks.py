@@ -111,6 +111,24 @@ def test_gate_tightened_below_what_the_model_achieves_fails_the_run(tmp_path, ti
     assert "failed:" in out.stdout
 
 
+def test_fp16_workflow_is_the_no_int8_baseline(tmp_path, tiny_checkpoint, image_sets):
+    out = _run(tmp_path, "fp16", "--model", str(tiny_checkpoint), "--eval", str(image_sets["eval"]),
+               "--set", f"imgsz={IMGSZ}", "--set", "batch_sizes=1", "--set", "max_seconds=0.3", "--set", "target=cpu",
+               "--set", f"data={image_sets['data']}")
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    run_dir, m = _only_run(tmp_path)
+    assert list(m["stages"]) == ["export", "quantize", "compare", "build", "throughput"]
+    q = json.loads((run_dir / "quantize" / "result.json").read_text())
+    assert q["recipe"] == "float" and "QuantizeLinear" not in q["op_counts"]
+    cmp = json.loads((run_dir / "compare" / "result.json").read_text())
+    assert cmp["accuracy"]["drop_points"] == 0.0 and any("calibrate" in s for s in cmp["skipped"])
+
+
+def test_a_user_model_must_bring_its_own_images(tmp_path, tiny_checkpoint):
+    out = _run(tmp_path, "default", "--model", str(tiny_checkpoint))
+    assert out.returncode == 2 and "pass --calib and --eval" in out.stderr
+
+
 def test_unknown_parameter_is_refused_before_anything_runs(tmp_path):
     out = _run(tmp_path, "default", "--set", "imgsize=320")
     assert out.returncode == 2 and "unknown parameter(s) imgsize" in out.stderr
