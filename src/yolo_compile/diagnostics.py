@@ -174,10 +174,11 @@ class Study:
         """mAP drop of the run's recipe calibrated on the first n images, for each n in calib_sweep."""
         import onnx
 
-        from .quantize import find_head
+        from .quantize import find_head, find_stem
 
-        head = find_head(onnx.load(str(self.fp32), load_external_data=False).graph, int(self.exp["head_index"]))
-        exclude = [re.escape(n) + "$" for n in head.kept_float] if self.quant["recipe"] == "mixed" else []
+        graph = onnx.load(str(self.fp32), load_external_data=False).graph
+        kept = find_head(graph, int(self.exp["head_index"])).kept_float + find_stem(graph, self.input)
+        exclude = [re.escape(n) + "$" for n in kept] if self.quant["recipe"] == "mixed" else []
         base = self.map_of(self.fp32, "fp32")["map50_95"]
         available = int(self.calib["shape"][0])
         rows = []

@@ -58,7 +58,9 @@ def write_cache(qdq_path: Path, cache_path: Path) -> int:
     for node in model.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in init and node.input[1] in init:
             scale = float(numpy_helper.to_array(init[node.input[1]]).reshape(-1)[0])
-            lines.append(f"{node.input[0]}: {struct.pack('!f', scale).hex()}")
+            # An FP16-head model quantizes the cast copy of a graph input; the source graph knows its FP32 name.
+            tensor = re.sub(r"_cast_to_(fp16|bf16)$", "", node.input[0])
+            lines.append(f"{tensor}: {struct.pack('!f', scale).hex()}")
     cache_path.write_text("\n".join(lines) + "\n")
     return len(lines) - 1
 

@@ -83,6 +83,8 @@ def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if str(params.get("keep_float", "")).endswith(".json"):  # a file, not regexes: the kernels run in the run folder
+        params["keep_float"] = str(Path(params["keep_float"]).expanduser().resolve())
     for key in PATH_PARAMS:
         if params.get(key):
             params[key] = str(Path(params[key]).expanduser().resolve()) if not _is_builtin_yaml(params[key]) else params[key]

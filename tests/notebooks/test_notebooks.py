@@ -129,6 +129,16 @@ def test_a_user_model_must_bring_its_own_images(tmp_path, tiny_checkpoint):
     assert out.returncode == 2 and "pass --calib and --eval" in out.stderr
 
 
+def test_relative_paths_are_resolved_before_kernels_start_in_the_run_folder(tmp_path, monkeypatch):
+    from yolo_compile.workflow import load_workflow, resolve_params
+
+    recipe = tmp_path / "nodes_to_exclude.json"
+    recipe.write_text('["/model\\\\.0/conv/Conv$"]')
+    monkeypatch.chdir(tmp_path)
+    params = resolve_params(load_workflow("default"), {"keep_float": "nodes_to_exclude.json"})
+    assert params["keep_float"] == str(recipe) and Path(params["calib_dir"]).is_absolute()
+
+
 def test_unknown_parameter_is_refused_before_anything_runs(tmp_path):
     out = _run(tmp_path, "default", "--set", "imgsize=320")
     assert out.returncode == 2 and "unknown parameter(s) imgsize" in out.stderr

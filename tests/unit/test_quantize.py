@@ -12,9 +12,12 @@ def test_mixed_recipe_quantizes_backbone_and_keeps_head_float(quantized_run):
     assert res["recipe"] == "mixed" and res["high_precision_dtype"] == "fp32" and res["calibration_images"] == 8
     assert res["op_counts"]["QuantizeLinear"] > 50
     ops, quantized = quantize.inspect_qdq(quantized_run / res["onnx"])
-    assert any(n.startswith("/model.0/") for n in quantized)
-    head = quantize.find_head(onnx.load(str(quantized_run / "export" / "model.onnx")).graph, 22)
+    assert any(n.startswith("/model.1/") for n in quantized)
+    graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
+    head = quantize.find_head(graph, 22)
     assert not set(quantized) & set(head.kept_float)
+    assert res["stem_nodes"] == list(quantize.find_stem(graph, "images")) == ["/model.0/conv/Conv"]
+    assert "/model.0/conv/Conv" not in quantized
     assert len(head.output_convs) == 6 and head.dfl and any("Softmax" in n for n in head.dfl + head.decode)
 
 
@@ -56,7 +59,7 @@ def test_check_recipe_catches_a_leaked_head_node():
     from collections import Counter
 
     ops = Counter({"QuantizeLinear": 3, "DequantizeLinear": 3})
-    with pytest.raises(QuantizeError, match="head nodes were quantized"):
+    with pytest.raises(QuantizeError, match="head or stem nodes were quantized"):
         quantize.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
     with pytest.raises(QuantizeError, match="no Q/DQ"):
         quantize.check_recipe("int8", Counter(), [], head, "m.onnx")
@@ -64,9 +67,9 @@ def test_check_recipe_catches_a_leaked_head_node():
 
 def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):
     recipe = tmp_path / "nodes_to_exclude.json"
-    recipe.write_text('["/model\\\\.0/conv/Conv$"]')
+    recipe.write_text('["/model\\\\.1/conv/Conv$"]')
     res = quantize.run(quantize.QuantizeConfig(target="cpu", keep_float=str(recipe)), run_copy)
-    assert "/model.0/conv/Conv" not in res.quantized_nodes and "/model.1/conv/Conv" in res.quantized_nodes
+    assert "/model.1/conv/Conv" not in res.quantized_nodes and "/model.2/cv1/conv/Conv" in res.quantized_nodes
     with pytest.raises(QuantizeError, match="not a regular expression"):
         quantize.QuantizeConfig(keep_float="/model.0/(")
     with pytest.raises(QuantizeError, match="keep_float file not found"):

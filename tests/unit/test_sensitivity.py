@@ -65,3 +65,15 @@ def test_search_keeps_the_fewest_ranked_groups_that_pass():
     assert [s["passes"] for s in res["steps"]] == [False, False, True]
     assert res["nodes_to_exclude"] == [r"/b/Conv$", r"/a/Conv$"] == tried[-1]
     assert not sensitivity.search(ranked, groups, lambda e: 5.0, 1.0, 2)["passed"]
+
+
+def test_cache_names_the_fp32_input_even_when_an_fp16_model_quantized_its_cast(quantized_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quantized_run, run)
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="int8"), run)
+    assert "images_cast_to_fp16" in _scales(run / res.onnx)
+    sensitivity.write_cache(run / res.onnx, tmp_path / "c.cache")
+    names = [line.split(":")[0] for line in (tmp_path / "c.cache").read_text().splitlines()[1:]]
+    assert "images" in names and not any(n.endswith("_cast_to_fp16") for n in names)
