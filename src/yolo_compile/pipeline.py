@@ -69,8 +69,6 @@ def nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
 
 def load_torch_detector(checkpoint: str | Path, device: str, half: bool):
     """Return the checkpoint's DetectionModel, fused, in eval mode, on device (FP16 when half)."""
-    import torch
-
     from .export import load_model
 
     net = load_model(Path(checkpoint)).model.float().fuse().eval().to(device)

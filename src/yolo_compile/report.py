@@ -114,7 +114,7 @@ def summary_html(run_dir: Path) -> str:
         path = run_dir / stage / "result.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    exp, q, cmp, build, tp = res("export"), res("quantize"), res("compare"), res("build"), res("throughput")
+    q, cmp, build, tp = res("quantize"), res("compare"), res("build"), res("throughput")
     lines = []
     if q:
         lines.append(f"Recipe <b>{html.escape(q['recipe'])}</b> for target {html.escape(q['target'])}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def _torch_rows(cfg: ThroughputConfig, checkpoint: Path, size: int, batches: lis
             if graphed:
                 call, _ = cuda_graph(net, x)
             else:
-                call = lambda: net(x)  # noqa: E731
+                call = partial(net, x)
             with torch.inference_mode():
                 samples = time_calls(call, cfg.warmup, cfg.iterations, cfg.max_seconds, cuda=has_cuda)
             extra = {"memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if has_cuda else {}

@@ -51,3 +51,15 @@ def test_auto_target_is_cpu_without_tensorrt():
     assert config.resolve_target("cpu") == "cpu"
     if not ok:
         assert "tensorrt" in reason.lower() or "gpu" in reason.lower()
+
+
+def test_importing_the_package_loads_no_heavy_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, yolo_compile.cli, yolo_compile.workflow\n"
+            "from yolo_compile import export, calibrate, quantize, compare, build, throughput, report\n"
+            "print(','.join(m for m in ('torch', 'tensorrt', 'onnxruntime', 'modelopt', 'ultralytics', 'polygraphy', 'cv2')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
