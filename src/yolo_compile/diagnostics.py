@@ -56,11 +56,12 @@ class Study:
         self.split, self.val = split, np.load(self.dir / "val.npy", mmap_mode="r")
 
     def map_of(self, onnx_path: Path, label: str) -> dict:
-        """Return (and remember) the mAP of one model on the labeled split."""
-        if label not in self.map_cache:
+        """Return (and remember, by file) the mAP of one model on the labeled split."""
+        key = str(Path(onnx_path).resolve())
+        if key not in self.map_cache:
             dets = accuracy.predict(onnx_path, self.val, self.input, desc=f"mAP {label}")
-            self.map_cache[label] = accuracy.evaluate(dets, self.split, self.size, self.names)
-        return self.map_cache[label]
+            self.map_cache[key] = accuracy.evaluate(dets, self.split, self.size, self.names)
+        return self.map_cache[key]
 
     def quantize(self, dst: Path, n_images: int | None = None, *, exclude=None, include=None, cache=None,
                  one_image: bool = False) -> Path:
@@ -119,8 +120,7 @@ class Study:
         base = self.map_of(self.fp32, "fp32")
         rows = []
         for label, path in models:
-            key = self.quant["recipe"] if path == self.run_dir / self.quant["onnx"] else label
-            m = self.map_of(path, key)
+            m = self.map_of(path, label)
             j = self.judge.judge(images.run_onnx(path, self.eval_array, self.input))
             rows.append({"recipe": label, "map50_95": round(m["map50_95"], 4), "map50": round(m["map50"], 4),
                          "drop_points": round(100 * (base["map50_95"] - m["map50_95"]), 3),

@@ -67,21 +67,27 @@ def offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_VERBOSE", "false")
 
 
-def load_model(path: Path):
-    """Return an ultralytics.YOLO for a .pt or .yaml, with a one-line error naming the file on failure."""
-    offline_ultralytics()
-    from ultralytics import YOLO
-
+def check_model_path(path: Path) -> None:
+    """Raise ExportError unless path is an existing .pt or a .yaml (Ultralytics resolves its own yamls by name)."""
     if path.suffix not in (".pt", ".yaml", ".yml"):
         raise ExportError(f"{path}: expected an Ultralytics .pt checkpoint or model .yaml, got '{path.suffix}'")
     if path.suffix == ".pt" and not path.is_file():
         raise ExportError(f"{path}: no such checkpoint; pass --model PATH to an existing .pt")
+
+
+def load_model(path: Path, shown: Path | None = None):
+    """Return an ultralytics.YOLO for a .pt or .yaml; errors name `shown` (the user's file) or path."""
+    offline_ultralytics()
+    from ultralytics import YOLO
+
+    shown = shown or path
+    check_model_path(path)
     try:
         model = YOLO(str(path), task="detect")
     except Exception as e:  # ultralytics raises many types for bad files
-        raise ExportError(f"{path}: could not be loaded as an Ultralytics detector ({type(e).__name__}: {e})") from e
+        raise ExportError(f"{shown}: could not be loaded as an Ultralytics detector ({type(e).__name__}: {e})") from e
     if getattr(model, "task", None) != "detect":
-        raise ExportError(f"{path}: task is {model.task!r}; yolo-compile compiles detection models only")
+        raise ExportError(f"{shown}: task is {model.task!r}; yolo-compile compiles detection models only")
     return model
 
 
@@ -156,13 +162,15 @@ def run(cfg: ExportConfig, run_dir: str | Path) -> ExportResult:
         raise ExportError(f"{src}: no such model file; pass --model PATH to a .pt or an Ultralytics .yaml")
     with runs.Timer() as t:
         source = {"path": str(src)}
-        model = load_model(src)
         ckpt = out / "model.pt"
+        check_model_path(src)
         if src.suffix == ".pt":
+            # Unpickle once, and only the copy: export writes beside the checkpoint, inside the run folder.
             source["sha256"] = runs.sha256(src)
             shutil.copy2(src, ckpt)
-            model = load_model(ckpt)  # export writes beside the checkpoint: keep it inside the run folder
+            model = load_model(ckpt, shown=src)
         else:
+            model = load_model(src)
             model.save(str(ckpt))
         head = model.model.model[-1]
         log.info("exporting %s at %d px, opset %d", src, cfg.imgsz, cfg.opset)
