@@ -70,20 +70,21 @@ def letterbox_boxes(labels: np.ndarray, shape: tuple[int, int], size: int) -> np
     return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
 
 
-def predict(onnx_path: Path, array: np.ndarray, input_name: str, batch: int = 8, desc: str = "") -> list[Detections]:
-    """Run an ONNX model with ONNX Runtime (CPU) over a (N, 3, S, S) array; return NMS'd detections per image."""
-    import onnxruntime as ort
+def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: int = 8, desc: str = "",
+            backend: str = "onnxruntime") -> list[Detections]:
+    """Run a model (ONNX, or OpenVINO IR) over a uint8 or float (N, 3, S, S) array; return NMS'd detections per image."""
     from tqdm.auto import tqdm
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    dim0 = sess.get_inputs()[0].shape[0]
-    batch = batch if not isinstance(dim0, int) else dim0
+    from .backends import open_runner
+
+    runner = open_runner(backend, model_path)
+    batch = runner.static_batch or batch
     dets = []
-    for i in tqdm(range(0, len(array), batch), desc=desc or Path(onnx_path).name, unit="batch"):
-        x = np.ascontiguousarray(array[i:i + batch])
-        if len(x) < batch and isinstance(dim0, int):
+    for i in tqdm(range(0, len(array), batch), desc=desc or Path(model_path).name, unit="batch"):
+        x = images.to_float(array[i:i + batch])
+        if len(x) < batch and runner.static_batch:
             x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])
-        (out,) = sess.run(None, {input_name: x})[:1]
+        out = runner.run(x)
         dets += [decode(o) for o in out[: len(array) - i]]
     return dets
 

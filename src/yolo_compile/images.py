@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+PREPROCESS_VERSION = "letterbox114-rgb-nchw-uint8-v1"  # part of every cache key: change it when preprocessing changes
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 PAD_VALUE = 114
 
@@ -71,6 +75,57 @@ def write_array(paths: list[Path], size: int, out: Path, desc: str = "images") -
         arr.flush()
         del arr
     return stats
+
+
+@dataclass
+class ImageSet:
+    """Preprocessed images held once per content in the shared tensor cache (uint8, memory-mapped)."""
+
+    array: np.ndarray  # uint8 (N, 3, S, S) RGB letterboxed, read-only memmap; to_float() per batch for the model
+    files: list  # the image paths, in array order
+    key: str  # sha256 of the images' sha256 list and the preprocessing: the cache file's name
+    path: Path  # the cache file
+    stats: list = field(default_factory=list)  # [{mean, std}] of each image as the model sees it (0..1)
+    reused: bool = False  # True when the cache already held it
+
+
+def to_float(batch: np.ndarray) -> np.ndarray:
+    """Return a uint8 batch as the float32 0..1 tensor the exported model takes (bit-identical to to_tensor)."""
+    if batch.dtype == np.float32:
+        return np.ascontiguousarray(batch)
+    return np.ascontiguousarray(batch, dtype=np.float32) / np.float32(255.0)
+
+
+def set_key(file_hashes: list[str], size: int) -> str:
+    """Return the cache key of an image list under this preprocessing at this size."""
+    return hashlib.sha256(json.dumps([PREPROCESS_VERSION, size, file_hashes]).encode()).hexdigest()
+
+
+def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str = "images") -> ImageSet:
+    """Return the images' uint8 tensors from cache_dir/tensors/<key>.npy, decoding them only on a cache miss."""
+    from tqdm.auto import tqdm
+
+    from .runs import atomic_path, sha256, write_json
+
+    hashes = [sha256(p) for p in paths]
+    key = set_key(hashes, size)
+    folder = Path(cache_dir) / "tensors"
+    out, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    reused = out.is_file() and meta.is_file()
+    if not reused:
+        stats = []
+        with atomic_path(out) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
+            for i, path in enumerate(tqdm(paths, desc=desc, unit="img")):
+                arr[i] = letterbox(read_bgr(path), size)[:, :, ::-1].transpose(2, 0, 1)
+                x = arr[i].astype(np.float32) / np.float32(255.0)
+                stats.append({"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)})
+            arr.flush()
+            del arr
+        write_json(meta, {"key": key, "size": size, "preprocess": PREPROCESS_VERSION,
+                          "files": [{"file": str(p), "sha256": h} for p, h in zip(paths, hashes)], "stats": stats})
+    stats = json.loads(meta.read_text())["stats"]
+    return ImageSet(np.load(out, mmap_mode="r"), list(paths), key, out, stats, reused)
 
 
 def run_onnx(onnx_path: Path, array: np.ndarray, input_name: str) -> np.ndarray:

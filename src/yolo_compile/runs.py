@@ -79,6 +79,12 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def cache_root(run_dir: str | Path) -> Path:
+    """Return the cache shared by runs: $YOLO_COMPILE_CACHE, else artifacts/cache beside artifacts/runs/<run>."""
+    env = os.environ.get("YOLO_COMPILE_CACHE")
+    return Path(env) if env else Path(run_dir).resolve().parent.parent / "cache"
+
+
 def stage_dir(run_dir: str | Path, stage: str) -> Path:
     """Return (and create) the folder of one stage inside the run folder."""
     d = Path(run_dir) / stage
