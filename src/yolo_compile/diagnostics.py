@@ -70,6 +70,7 @@ class Study:
 
         data = np.load(self.run_dir / self.calib["array"], mmap_mode="r")
         data = data[:1] if one_image else data[:n_images]
+        data = images.to_float(data) if data.dtype == np.uint8 else data  # the shared cache holds uint8 tensors
         method = self.quant.get("calibration_method") or "entropy"
         modelopt_quantize(self.fp32, dst, data, self.exp, method, self.hp_dtype, exclude=exclude, include=include,
                           cache=cache)

@@ -65,6 +65,26 @@ def offline_ultralytics() -> None:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
+    import sys
+
+    if "ultralytics" not in sys.modules:
+        import ultralytics  # noqa: F401  (reads the variables above once, at import)
+    for name, mod in list(sys.modules.items()):
+        # Every place it could fetch something from the network (fonts, yolo*.pt for AMP checks, assets) goes
+        # through these two functions; our compile needs none of them, so any call is a bug worth a clear error.
+        if name.startswith("ultralytics") and mod is not None:
+            for fn in ("safe_download", "attempt_download_asset"):
+                if callable(getattr(mod, fn, None)) and getattr(getattr(mod, fn), "__module__", "") != __name__:
+                    setattr(mod, fn, _refuse_download)
+
+
+def _refuse_download(*args, **kwargs):
+    """Stand-in for Ultralytics' downloaders: a compile never fetches anything."""
+    target = kwargs.get("url") or kwargs.get("file") or (args[0] if args else "?")
+    if isinstance(target, (str, Path)) and Path(target).is_file():  # a local file: nothing to fetch
+        return str(target)
+    raise ExportError(f"Ultralytics tried to download {target}; yolo-compile runs offline: put the file in place or "
+                      "pass a local path")
 
 
 def check_model_path(path: Path) -> None:

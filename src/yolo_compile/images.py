@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +26,9 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def read_bgr(path: str | Path) -> np.ndarray:
     """Return an image as HxWx3 uint8 BGR; raise ValueError naming the file if it cannot be decoded."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img, why = decode(Path(path).read_bytes())
     if img is None:
-        raise ValueError(f"{path}: not a readable image (jpg, png, bmp, tif); remove or replace the file")
+        raise ValueError(f"{path}: {why}; remove or replace the file (jpg, png, bmp, tif)")
     return img
 
 
@@ -77,16 +78,52 @@ def write_array(paths: list[Path], size: int, out: Path, desc: str = "images") -
     return stats
 
 
+MIN_SIDE = 8  # smaller than this on a side is a placeholder (a 1x1 pixel), not a camera frame
+
+
+def decode(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Return (HxWx3 uint8 BGR, "") for an image file's bytes decoded fully, or (None, why it is skipped).
+
+    Every file goes the same way: Pillow decodes it completely first (a truncated JPEG or PNG fails there,
+    where OpenCV would fill the missing rows with grey and say nothing), then OpenCV decodes the same bytes
+    exactly as Ultralytics inference does (EXIF orientation applied; grey, 16-bit, CMYK and RGBA to 8-bit BGR).
+    """
+    import cv2
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return None, "empty file (0 bytes)"
+    opener = Image.open
+    if opener.__module__.startswith("ultralytics"):  # its patch would pip-check pi-heif for every non-image
+        opener = getattr(sys.modules[opener.__module__], "_image_open", opener)
+    try:
+        with opener(io.BytesIO(data)) as im:
+            im.load()
+            w, h = im.size
+    except UnidentifiedImageError:
+        return None, "not an image (no known image format)"
+    except Exception as e:  # Pillow raises OSError, SyntaxError, DecompressionBombError... for damaged files
+        return None, f"damaged image ({type(e).__name__}: {e})"
+    if min(w, h) < MIN_SIDE:
+        return None, f"{w}x{h} pixels, smaller than {MIN_SIDE} px on a side"
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
+        return None, "OpenCV cannot decode it"
+    return img, ""
+
+
 @dataclass
 class ImageSet:
     """Preprocessed images held once per content in the shared tensor cache (uint8, memory-mapped)."""
 
     array: np.ndarray  # uint8 (N, 3, S, S) RGB letterboxed, read-only memmap; to_float() per batch for the model
-    files: list  # the image paths, in array order
+    files: list  # the image paths kept, in array order
     key: str  # sha256 of the images' sha256 list and the preprocessing: the cache file's name
     path: Path  # the cache file
     stats: list = field(default_factory=list)  # [{mean, std}] of each image as the model sees it (0..1)
     reused: bool = False  # True when the cache already held it
+    skipped: list = field(default_factory=list)  # [{file, reason}] of the given images that could not be used
+    hashes: list = field(default_factory=list)  # sha256 of each kept file, in array order
 
 
 def to_float(batch: np.ndarray) -> np.ndarray:
@@ -102,30 +139,62 @@ def set_key(file_hashes: list[str], size: int) -> str:
 
 
 def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str = "images") -> ImageSet:
-    """Return the images' uint8 tensors from cache_dir/tensors/<key>.npy, decoding them only on a cache miss."""
-    from tqdm.auto import tqdm
+    """Return the images' uint8 tensors from cache_dir/tensors/<key>.npy, decoding them only on a cache miss.
 
-    from .runs import atomic_path, sha256, write_json
+    Undecodable files are skipped and named in .skipped (never rewritten); the cache entry is built under a
+    lock, so concurrent runs asking for the same images wait for one decode instead of colliding.
+    """
+    from .runs import file_lock, sha256
 
+    paths = [Path(p) for p in paths]
     hashes = [sha256(p) for p in paths]
     key = set_key(hashes, size)
     folder = Path(cache_dir) / "tensors"
     out, meta = folder / f"{key}.npy", folder / f"{key}.json"
-    reused = out.is_file() and meta.is_file()
-    if not reused:
-        stats = []
-        with atomic_path(out) as tmp:
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), 3, size, size))
-            for i, path in enumerate(tqdm(paths, desc=desc, unit="img")):
-                arr[i] = letterbox(read_bgr(path), size)[:, :, ::-1].transpose(2, 0, 1)
-                x = arr[i].astype(np.float32) / np.float32(255.0)
-                stats.append({"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)})
-            arr.flush()
-            del arr
-        write_json(meta, {"key": key, "size": size, "preprocess": PREPROCESS_VERSION,
-                          "files": [{"file": str(p), "sha256": h} for p, h in zip(paths, hashes)], "stats": stats})
-    stats = json.loads(meta.read_text())["stats"]
-    return ImageSet(np.load(out, mmap_mode="r"), list(paths), key, out, stats, reused)
+    with file_lock(folder / f"{key}.lock"):
+        reused = out.is_file() and meta.is_file()
+        if not reused:
+            _build(paths, hashes, size, key, out, meta, desc)
+    info = json.loads(meta.read_text())
+    kept = set(info["kept"])
+    return ImageSet(np.load(out, mmap_mode="r"), [p for i, p in enumerate(paths) if i in kept], key, out,
+                    info["stats"], reused, info["skipped"], [hashes[i] for i in info["kept"]])
+
+
+def _build(paths: list[Path], hashes: list[str], size: int, key: str, out: Path, meta: Path, desc: str) -> None:
+    """Decode, letterbox and store the images (uint8) at out, and their stats and skips at meta (both atomic)."""
+    from tqdm.auto import tqdm
+
+    from .runs import atomic_path, check_free_space, write_json
+
+    check_free_space(out.parent, len(paths) * 3 * size * size, "image tensor cache")
+    stats, kept, skipped = [], [], []
+    with atomic_path(out) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(len(paths), 1), 3, size, size))
+        for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=2)):
+            data = path.read_bytes()
+            img, why = decode(data)
+            if img is not None and hashlib.sha256(data).hexdigest() != hashes[i]:
+                img, why = None, "changed while being read"
+            if img is None:
+                skipped.append({"file": str(path), "reason": why})
+                continue
+            row = arr[len(kept)]
+            row[...] = letterbox(img, size)[:, :, ::-1].transpose(2, 0, 1)
+            x = row.astype(np.float32) / np.float32(255.0)
+            stats.append({"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)})
+            kept.append(i)
+        arr.flush()
+        if len(kept) != arr.shape[0]:  # skips (or nothing at all): keep only the decoded rows
+            with atomic_path(tmp) as compact:
+                small = np.lib.format.open_memmap(compact, mode="w+", dtype=np.uint8, shape=(len(kept), 3, size, size))
+                small[:] = arr[:len(kept)]
+                small.flush()
+                del small
+        del arr
+    write_json(meta, {"key": key, "size": size, "preprocess": PREPROCESS_VERSION, "dtype": "uint8",
+                      "files": [{"file": str(p), "sha256": h} for p, h in zip(paths, hashes)],
+                      "kept": kept, "skipped": skipped, "stats": stats})
 
 
 def run_onnx(onnx_path: Path, array: np.ndarray, input_name: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
+from . import images, runs
 from .config import check_choice, resolve_target
 from .errors import QuantizeError
 
@@ -189,7 +189,7 @@ def _calibration_array(path: Path) -> np.ndarray:
     data = np.load(path, mmap_mode="r")
     if data.ndim != 4 or data.shape[0] == 0:
         raise QuantizeError(f"{path}: calibration array has shape {data.shape}; expected (N>0, 3, H, W) real images")
-    return data
+    return images.to_float(data) if data.dtype == np.uint8 else data  # the shared cache holds uint8 tensors
 
 
 def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method: str, hp_dtype: str, *,

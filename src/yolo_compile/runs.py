@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if absent) for the block: runs sharing a cache wait."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_free_space(folder: str | Path, need_bytes: int, what: str = "file") -> None:
+    """Raise RunFolderError unless folder's filesystem has need_bytes free (plus 64 MiB headroom)."""
+    folder = Path(folder)
+    probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes + (64 << 20):
+        raise RunFolderError(f"{folder}: {free / 2**20:.0f} MiB free, the {what} needs {need_bytes / 2**20:.0f} MiB; "
+                             "free disk space or point YOLO_COMPILE_CACHE / --artifacts at a larger disk")
+
+
+def make_read_only(folder: str | Path) -> None:
+    """Remove write permission from every file under folder (a finished stage's outputs are final)."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            f.chmod(f.stat().st_mode & ~0o222)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -41,7 +41,10 @@ def test_calibration_cache_reproduces_the_full_calibration_from_one_image(int8_a
     n = sensitivity.write_cache(src, cache)
     assert n == len(_scales(src)) > 50
     exp = json.loads((int8_all / "export" / "result.json").read_text())
-    data = np.load(int8_all / "calibrate" / "calib.npy", mmap_mode="r")
+    from yolo_compile import images
+
+    cal = json.loads((int8_all / "calibrate" / "result.json").read_text())
+    data = images.to_float(np.load(cal["array"], mmap_mode="r")[:1])
     one = tmp_path / "one.onnx"
     quantize.modelopt_quantize(int8_all / "export" / "model.onnx", one, data[:1], exp, "entropy", "fp32", cache=cache)
     assert _scales(one) == pytest.approx(_scales(src))
