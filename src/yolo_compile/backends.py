@@ -1,20 +1,27 @@
 """Inference backends behind one small interface (load, warm up, run a batch, describe), like Polygraphy's runners.
 
-The study, the gate, the build and the throughput stages loop over backends instead of branching on a name.
-Each backend imports its runtime inside `open`, so `import yolo_compile.backends` stays light.
+ONNX Runtime and OpenVINO (CPU), PyTorch (eager FP32/FP16, FP16 + CUDA graph where CUDA exists) and TensorRT
+(Polygraphy's TrtRunner over a serialized plan). The study, the gate, the build and the throughput stages
+loop over backends instead of branching on a name. Each backend imports its runtime when it loads, so
+`import yolo_compile.backends` stays light.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from .errors import CompileError
 
 CPU_BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino", "pytorch", "tensorrt")
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "pytorch": "torch", "tensorrt": "tensorrt"}
+_INSTALL = {"onnxruntime": "pip install onnxruntime", "openvino": "pip install 'yolo-compile[openvino]'",
+            "pytorch": "pip install torch", "tensorrt": "pip install 'yolo-compile[tensorrt]' on an NVIDIA host"}
 
 
 class Runner(Protocol):
@@ -23,26 +30,42 @@ class Runner(Protocol):
     name: str  # backend name: onnxruntime | openvino | pytorch | tensorrt
     input_name: str
     static_batch: int | None  # the model's fixed batch size, None where the batch axis is symbolic
+    device: str  # cpu | cuda: where prepare() keeps the input and the timer synchronizes
+
+    def warm_up(self, x: np.ndarray, n: int = 2) -> None:
+        """Run x n times untimed (kernel selection, first-shape compilation, caches)."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Return the model's first output for a float32 (B, 3, H, W) batch."""
+
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        """Return a zero-argument call that runs the model on x held where the backend reads it: what is timed."""
 
     def describe(self) -> dict:
         """Return what ran: backend, version, device, model file, threads."""
 
 
 def available(name: str) -> tuple[bool, str]:
-    """Return (usable, reason) for a CPU backend on this machine."""
-    module = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(name)
+    """Return (usable, reason) for a backend on this machine."""
+    module = _MODULES.get(name)
     if module is None:
-        return False, f"unknown backend {name!r}; expected one of {', '.join(CPU_BACKENDS)}"
+        return False, f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}"
     if importlib.util.find_spec(module) is None:
-        return False, f"the Python package '{module}' is not installed (pip install 'yolo-compile[openvino]')"
+        return False, f"the Python package '{module}' is not installed ({_INSTALL[name]})"
+    if name == "tensorrt":
+        from .config import tensorrt_available
+
+        return tensorrt_available()
     return True, f"{module} imports"
 
 
-def open_runner(name: str, model: str | Path, *, threads: int = 0, hint: str = "latency") -> Runner:
-    """Return a Runner for an ONNX file (either backend) or an OpenVINO IR .xml (openvino only)."""
+def open_runner(name: str, model: str | Path, *, threads: int = 0, hint: str = "latency", device: str = "cpu",
+                half: bool = False, cuda_graph: bool = False) -> Runner:
+    """Return a Runner for a model file on a backend.
+
+    onnxruntime: ONNX; openvino: ONNX (FP32 or Q/DQ) or IR .xml; tensorrt: a serialized plan; pytorch: an
+    Ultralytics .pt checkpoint (device cpu|cuda, half for FP16, cuda_graph to replay a captured graph).
+    """
     ok, why = available(name)
     if not ok:
         raise CompileError(f"backend {name}: {why}")
@@ -51,10 +74,29 @@ def open_runner(name: str, model: str | Path, *, threads: int = 0, hint: str = "
         raise CompileError(f"{model}: model file not found for backend {name}")
     if name == "onnxruntime":
         return OnnxRuntimeRunner(model, threads)
-    return OpenVinoRunner(model, threads, hint)
+    if name == "openvino":
+        return OpenVinoRunner(model, threads, hint)
+    if name == "tensorrt":
+        return TensorRtRunner(model)
+    if (half or cuda_graph) and device != "cuda":
+        raise CompileError(f"backend pytorch: half={half}, cuda_graph={cuda_graph} need device='cuda'")
+    return PyTorchRunner(model, device, half, cuda_graph)
 
 
-class OnnxRuntimeRunner:
+class _Base:
+    name = ""
+    device = "cpu"
+
+    def warm_up(self, x: np.ndarray, n: int = 2) -> None:
+        call = self.prepare(x)
+        for _ in range(n):
+            call()
+
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        return partial(self.run, np.ascontiguousarray(x, dtype=np.float32))
+
+
+class OnnxRuntimeRunner(_Base):
     """ONNX Runtime, CPU execution provider."""
 
     name = "onnxruntime"
@@ -81,7 +123,7 @@ class OnnxRuntimeRunner:
                 "threads": self.threads or "all cores"}
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(_Base):
     """OpenVINO runtime on the CPU: reads ONNX (FP32 or ModelOpt Q/DQ) or its own IR."""
 
     name = "openvino"
@@ -106,8 +148,104 @@ class OpenVinoRunner:
         self.request.infer({0: np.ascontiguousarray(x)})
         return self.request.get_output_tensor(0).data.copy()
 
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return partial(self.request.infer, {0: x})  # the output stays in the request: no copy timed
+
     def describe(self) -> dict:
         import openvino as ov
 
         return {"backend": self.name, "version": ov.get_version(), "device": "cpu", "model": str(self.model),
                 "threads": self.threads or "all cores", "hint": self.hint}
+
+
+class PyTorchRunner(_Base):
+    """The checkpoint a user would otherwise deploy: Ultralytics' DetectionModel, fused, eager or CUDA-graphed."""
+
+    name = "pytorch"
+
+    def __init__(self, checkpoint: Path, device: str = "cpu", half: bool = False, graph: bool = False):
+        import torch
+
+        from .frames import load_torch_detector
+
+        self.model, self.device, self.half, self.graph = checkpoint, device, half, graph
+        self.dtype = torch.float16 if half else torch.float32
+        self.net = load_torch_detector(checkpoint, device, half)
+        self.input_name, self.static_batch = "images", None
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _tensor(self, x: np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device, self.dtype)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        from .frames import raw_output
+
+        with torch.inference_mode():
+            return raw_output(self.net(self._tensor(x))).float().cpu().numpy()
+
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        import torch
+
+        from .frames import cuda_graph
+
+        xd = self._tensor(x)
+        if self.graph:
+            replay, _ = cuda_graph(self.net, xd)  # static batch: one graph per prepared input
+            return replay
+
+        def call():
+            with torch.inference_mode():
+                return self.net(xd)
+
+        return call
+
+    def describe(self) -> dict:
+        import torch
+
+        variant = ("fp16" if self.half else "fp32") + (" + cuda graph" if self.graph else " eager")
+        return {"backend": self.name, "version": torch.__version__, "device": self.device, "model": str(self.model),
+                "variant": variant}
+
+
+class TensorRtRunner(_Base):
+    """A serialized TensorRT plan through Polygraphy's TrtRunner; timed with device-resident input and output."""
+
+    name = "tensorrt"
+    device = "cuda"
+
+    def __init__(self, plan: Path):
+        from polygraphy.backend.common import BytesFromPath
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self.model = plan
+        self.runner = TrtRunner(EngineFromBytes(BytesFromPath(str(plan))))
+        self.runner.activate()
+        meta = self.runner.get_input_metadata()
+        self.input_name = next(iter(meta.keys()))
+        first = meta[self.input_name].shape[0]
+        self.static_batch = first if isinstance(first, int) and first > 0 else None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.runner.infer({self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(next(iter(out.values())))
+
+    def prepare(self, x: np.ndarray) -> Callable[[], object]:
+        import torch
+
+        xd = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()  # time the engine, not PCIe
+        return partial(self.runner.infer, {self.input_name: xd}, copy_outputs_to_host=False)
+
+    def describe(self) -> dict:
+        import tensorrt as trt
+
+        return {"backend": self.name, "version": trt.__version__, "device": "cuda", "model": str(self.model)}
+
+    def close(self) -> None:
+        """Release the engine's device memory."""
+        self.runner.deactivate()

@@ -1,4 +1,5 @@
-"""Stage 5: the engine. TensorRT through Polygraphy's loaders (strongly typed) or an ONNX Runtime CPU model."""
+"""Stage 5: the engine. TensorRT through Polygraphy's loaders (strongly typed), or on a CPU target the faster of
+an OpenVINO IR and an ONNX Runtime model among the runtimes the compare stage verified (see cpu_engine.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runs
-from .config import check_choice, resolve_target, tensorrt_available
+from .backends import CPU_BACKENDS
+from .config import check_choice, check_positive, resolve_target, tensorrt_available
 from .errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -25,10 +27,17 @@ class BuildConfig:
     timing_cache: str = ""  # TensorRT timing cache to load and extend; empty: timing.cache beside the run folders
     hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
     version_compatible: bool = False  # TensorRT version-compatible plan (lean runtime)
+    cpu_engines: tuple[str, ...] = ("openvino", "onnxruntime")  # CPU target: engines to build and time; the faster verified one ships
+    choice_seconds: float = 1.5  # CPU target: timing budget per candidate engine (batch 1, stops when the p50 is stable)
 
     def __post_init__(self) -> None:
         resolve_target(self.target)
         check_choice("hardware_compatibility", self.hardware_compatibility, HW_COMPAT)
+        for name in self.cpu_engines:
+            check_choice("cpu_engines", name, CPU_BACKENDS)
+        if not self.cpu_engines:
+            raise BuildError("parameter 'cpu_engines' is empty: give openvino, onnxruntime or both")
+        check_positive("choice_seconds", self.choice_seconds)
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise BuildError(f"parameter 'batch_sizes' = {self.batch_sizes!r}: give positive batch sizes, e.g. 1,8,32")
 
@@ -36,7 +45,7 @@ class BuildConfig:
 @dataclass
 class BuildResult:
     status: str
-    backend: str  # tensorrt | onnxruntime | none
+    backend: str  # tensorrt | openvino | onnxruntime | none
     target: str
     reason: str = ""
     engine: str = ""  # relative to the run folder
@@ -46,6 +55,8 @@ class BuildResult:
     details: dict = field(default_factory=dict)
     layer_precisions: dict = field(default_factory=dict)
     commands: list = field(default_factory=list)  # equivalent or finishing command lines
+    choice: dict = field(default_factory=dict)  # CPU target: candidates, images/s, picked, reason
+    checks: dict = field(default_factory=dict)  # the shipped engine vs the model the gate evaluated, on real images
     seconds: float = 0.0
 
 
@@ -139,7 +150,9 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
     src = run_dir / quant["onnx"]
     with runs.Timer() as t:
         if target == "cpu":
-            result = _build_onnxruntime(src, run_dir)
+            from .cpu_engine import build_cpu
+
+            result = build_cpu(cfg, src, run_dir)
         else:
             ok, why = tensorrt_available()
             cache = cfg.timing_cache or str(run_dir.parent / "timing.cache")  # shared by the runs beside this one
@@ -158,7 +171,7 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
     return result
 
 
-def _build_onnxruntime(src: Path, run_dir: Path) -> BuildResult:
+def build_onnxruntime(src: Path, run_dir: Path) -> BuildResult:
     import onnxruntime as ort
 
     engine = runs.stage_dir(run_dir, STAGE) / "model.ort.onnx"

@@ -1,11 +1,15 @@
-"""Stage 6: latency and throughput of the built engine and the FP32 baseline, side by side, on this machine."""
+"""Stage 6: latency and throughput of the built engine and the FP32 baseline, side by side, on this machine.
+
+Loops over backends (backends.py): on a CPU target OpenVINO and ONNX Runtime each run the FP32 ONNX and the
+quantized model; on a GPU target TensorRT and PyTorch. Each (backend, model, batch) is timed until its p50
+is stable (timing.py), within a budget the pairs share, so the stage stops when it knows.
+"""
 
 from __future__ import annotations
 
 import logging
 import subprocess
 import time
-from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import runs
+from .backends import CPU_BACKENDS, available, open_runner
 from .config import check_positive
 from .errors import ThroughputError
+from .timing import latency_stats, time_adaptive
+
+__all__ = ["ThroughputConfig", "ThroughputResult", "latency_stats", "run", "time_calls"]
 
 log = logging.getLogger(__name__)
 STAGE = "throughput"
@@ -22,22 +30,31 @@ STAGE = "throughput"
 
 @dataclass(frozen=True)
 class ThroughputConfig:
-    batch_sizes: tuple[int, ...] = (1, 8, 32)  # batch sweep (a static-batch model runs its own batch only)
-    warmup: int = 3  # untimed iterations per model and batch
-    iterations: int = 50  # timed iterations per model and batch, at most
-    max_seconds: float = 5.0  # stop timing a model/batch pair after this long (keeps CPU runs short)
-    threads: int = 0  # ONNX Runtime intra-op threads; 0: one per core
+    batch_sizes: tuple[int, ...] = (1, 8, 32)  # batch sweep on a GPU target (a static-batch model runs its own batch only)
+    cpu_batch_sizes: tuple[int, ...] = (1, 8)  # batch sweep on a CPU target (a few cores gain nothing past 8)
+    warmup: int = 2  # untimed iterations per backend, model and batch
+    min_iterations: int = 5  # timed iterations before the p50 may count as stable
+    iterations: int = 200  # timed iterations per backend, model and batch, at most
+    stable_pct: float = 2.0  # stop timing a pair once the newest quarter of its samples moves the p50 less than this (%)
+    max_seconds: float = 3.0  # stop timing a pair after this long even if its p50 still moves
+    budget_seconds: float = 10.0  # CPU target: time for the whole sweep, shared by the pairs still to run; 0: no limit
+    threads: int = 0  # CPU runtimes' intra-op threads; 0: one per core
     pytorch: bool = True  # also time PyTorch from the run's checkpoint (FP32 eager; on a GPU FP16 eager and FP16 + CUDA graph)
     eval_dir: str = ""  # JPEG camera frames for the end-to-end decode comparison; empty: skip it
     streams: tuple[int, ...] = (4, 8)  # concurrent camera streams (frames per batch) for the end-to-end comparison
-    e2e_batches: int = 20  # batches timed per end-to-end pipeline and mode
+    e2e_batches: int = 20  # batches timed per end-to-end pipeline and mode (CPU: at most max_seconds each)
 
     def __post_init__(self) -> None:
         check_positive("iterations", self.iterations)
+        check_positive("min_iterations", self.min_iterations)
         check_positive("max_seconds", self.max_seconds)
+        check_positive("stable_pct", self.stable_pct)
         check_positive("e2e_batches", self.e2e_batches)
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise ThroughputError(f"parameter 'batch_sizes' = {self.batch_sizes!r}: give positive batch sizes, e.g. 1,8,32")
+        if self.budget_seconds < 0:
+            raise ThroughputError(f"parameter 'budget_seconds' = {self.budget_seconds}: give seconds >= 0 (0: no limit)")
+        for name in ("batch_sizes", "cpu_batch_sizes"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ThroughputError(f"parameter '{name}' = {getattr(self, name)!r}: give positive batch sizes, e.g. 1,8")
         if not self.streams or min(self.streams) < 1:
             raise ThroughputError(f"parameter 'streams' = {self.streams!r}: give positive stream counts, e.g. 4,8")
 
@@ -54,48 +71,28 @@ class ThroughputResult:
     end_to_end: list = field(default_factory=list)  # one per preprocessing path, mode and stream count
     end_to_end_summary: list = field(default_factory=list)  # the same, one line each
     gpu: dict = field(default_factory=dict)  # nvidia-smi clocks before and after the GPU rows
+    verdict: str = ""  # one line: what the quantized engine buys over FP32 on each runtime, on this machine
     notes: list = field(default_factory=list)
     table: str = ""  # markdown tables of rows and end_to_end
     plot: str = ""
     seconds: float = 0.0
 
 
-def latency_stats(samples_s: list[float], batch: int) -> dict:
-    """Return p50/p90/p99/mean latency in ms and images/s for per-call latencies in seconds."""
-    a = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {"iterations": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
-            "images_per_s": float(batch * a.size / (a.sum() / 1e3))}
+@dataclass
+class Case:
+    """One model on one backend, timed at each of its batch sizes."""
+
+    model: str  # row label: fp32 onnx | quantized onnx | engine (<backend>) | pytorch ...
+    backend: str
+    path: Path
+    batches: list
+    options: dict = field(default_factory=dict)  # open_runner keywords (device, half, cuda_graph)
+    shipped: bool = False
 
 
 def time_calls(call, warmup: int, iterations: int, max_seconds: float, cuda: bool = False) -> list[float]:
-    """Return per-call latencies (s) of call() after warmup, stopping at iterations or max_seconds.
-
-    With cuda=True each call is bracketed by CUDA events on the current stream and synchronized, so the
-    latency is device-side time (host launch gaps included only where they starve the GPU).
-    """
-    for _ in range(warmup):
-        call()
-    sync = start_ev = end_ev = None
-    if cuda:
-        import torch
-
-        sync = torch.cuda.synchronize
-        start_ev, end_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        sync()
-    samples, start = [], time.perf_counter()
-    while len(samples) < iterations and (time.perf_counter() - start) < max_seconds:
-        if cuda:
-            start_ev.record()
-            call()
-            end_ev.record()
-            end_ev.synchronize()
-            samples.append(start_ev.elapsed_time(end_ev) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            call()
-            samples.append(time.perf_counter() - t0)
-    return samples
+    """Return per-call latencies (s) of call() after warmup: at most `iterations`, stopping early once stable."""
+    return time_adaptive(call, warmup=warmup, max_iterations=iterations, max_seconds=max_seconds, cuda=cuda).samples
 
 
 def batches_for(input_shape: list, requested: tuple[int, ...]) -> list[int]:
@@ -129,6 +126,45 @@ def gpu_clocks() -> dict:
     return dict(zip(fields, (v.strip() for v in lines[0].split(","))))
 
 
+def plan_cases(cfg: ThroughputConfig, run_dir: Path, exp: dict, build: dict, has_cuda: bool) -> tuple[list[Case], list[str]]:
+    """Return (what to time, what is skipped and why): every backend this machine has, on FP32 and the engine."""
+    cpu_target = build["backend"] in CPU_BACKENDS
+    batches = batches_for(exp["input_shape"], cfg.cpu_batch_sizes if cpu_target else cfg.batch_sizes)
+    fp32, engine = run_dir / exp["onnx"], run_dir / build["engine"]
+    cases, skipped = [], []
+    if cpu_target:
+        quant = runs.read_result(run_dir, "quantize")
+        for backend in CPU_BACKENDS:
+            ok, why = available(backend)
+            if not ok:
+                skipped.append(f"{backend}: {why}")
+                continue
+            cases.append(Case("fp32 onnx", backend, fp32, batches))
+            if backend == build["backend"]:
+                cases.append(Case(f"engine ({backend})", backend, engine, batches, shipped=True))
+            else:
+                cases.append(Case("quantized onnx", backend, run_dir / quant["onnx"], batches))
+        skipped.append(f"TensorRT engine: build backend is {build['backend']} (CPU target)")
+    else:
+        cases += [Case("fp32 onnx", "onnxruntime", fp32, batches),
+                  Case(f"engine ({build['backend']})", build["backend"], engine, batches, {}, shipped=True)]
+    if cfg.pytorch:
+        ckpt = run_dir / exp["checkpoint"]
+        if has_cuda:
+            cases += [Case("pytorch fp32 eager", "pytorch", ckpt, batches, {"device": "cuda"}),
+                      Case("pytorch fp16 eager", "pytorch", ckpt, batches, {"device": "cuda", "half": True}),
+                      Case("pytorch fp16 + cuda graph", "pytorch", ckpt, batches,
+                           {"device": "cuda", "half": True, "cuda_graph": True})]
+        else:
+            cases.append(Case("pytorch fp32 eager", "pytorch", ckpt, batches[:1]))
+            if len(batches) > 1:
+                skipped.append(f"PyTorch FP32 eager on the CPU at batch {', '.join(map(str, batches[1:]))}: "
+                               "the CPU sweep's budget goes to the runtimes that would ship")
+    else:
+        skipped.append("PyTorch: pytorch is false")
+    return cases, skipped
+
+
 def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     """Time every backend this machine has over the batch sweep, then camera frames end to end; say what was skipped."""
     run_dir = Path(run_dir)
@@ -139,30 +175,20 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
                                   reason=f"no engine was built: {build.get('reason', build.get('status'))}")
         runs.write_result(run_dir, STAGE, result)
         return result
-    size, name = int(exp["imgsz"]), exp["input_name"]
-    batches = batches_for(exp["input_shape"], cfg.batch_sizes)
+    size = int(exp["imgsz"])
     has_cuda, cuda_why = cuda_device()
-    models = {"fp32 onnx": run_dir / exp["onnx"], f"engine ({build['backend']})": run_dir / build["engine"]}
-    rows, skipped, gpu = [], [], {}
+    cases, skipped = plan_cases(cfg, run_dir, exp, build, has_cuda)
+    cpu_target = build["backend"] in CPU_BACKENDS
+    budget = cfg.budget_seconds if cpu_target and cfg.budget_seconds else float("inf")
+    gpu = {}
     with runs.Timer() as t:
-        for label, path in models.items():
-            backend = build["backend"] if label.startswith("engine") else "onnxruntime"
-            device = "cuda" if backend == "tensorrt" else "cpu"
-            for b in tqdm(batches, desc=label, disable=None):
-                call = _make_call(path, name, b, size, cfg.threads, backend)
-                samples = time_calls(call, cfg.warmup, cfg.iterations, cfg.max_seconds, cuda=device == "cuda")
-                rows.append(_row(label, backend, device, b, samples))
-        if build["backend"] != "tensorrt":
-            skipped.append(f"TensorRT engine: build backend is {build['backend']} "
-                           f"({'no TensorRT on this machine' if build['target'] == 'cpu' else build.get('reason', '')})")
-        if cfg.pytorch:
+        if has_cuda:
             gpu["before"] = gpu_clocks()
-            rows += _torch_rows(cfg, run_dir / exp["checkpoint"], size, batches, has_cuda)
+        rows = sweep(cases, cfg, size, budget)
+        if has_cuda:
             gpu["after"] = gpu_clocks()
-            if not has_cuda:
-                skipped.append(f"PyTorch CUDA (FP32, FP16, FP16 + CUDA graph): {cuda_why}")
-        else:
-            skipped.append("PyTorch: pytorch is false")
+        elif cfg.pytorch:
+            skipped.append(f"PyTorch CUDA (FP32, FP16, FP16 + CUDA graph): {cuda_why}")
         e2e = []
         if cfg.eval_dir:
             e2e, why = _end_to_end(cfg, run_dir, exp, build, has_cuda)
@@ -171,13 +197,15 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
                 skipped.append(f"GPU decode (nvJPEG) and overlapped CUDA streams: {cuda_why}")
         else:
             skipped.append("end-to-end decode comparison: eval_dir is empty (give a folder of JPEG frames)")
+    paths = {c.model + ("" if c.backend in c.model else f" ({c.backend})"): c.path for c in cases}
+    verdict, notes = cpu_verdict(rows) if cpu_target else ("", [])
     result = ThroughputResult(
         status="passed", backend=build["backend"], rows=rows,
-        models={k: {"path": str(v.relative_to(run_dir)), "bytes": v.stat().st_size} for k, v in models.items()},
+        models={k: {"path": str(v.relative_to(run_dir)), "bytes": _bytes(v)} for k, v in paths.items()},
         bytes_per_frame={"float32 input": 3 * size * size * 4, "uint8 input (fused preprocessing)": 3 * size * size,
                          **{r["path"]: r["bytes_per_frame"] for r in e2e if r["mode"] == "serial"}},
-        skipped=skipped, end_to_end=e2e, end_to_end_summary=[_e2e_line(r) for r in e2e], gpu=gpu,
-        notes=_cpu_notes(rows, build["backend"]) + _gpu_notes(rows, e2e), seconds=round(t.seconds, 2),
+        skipped=skipped, end_to_end=e2e, end_to_end_summary=[_e2e_line(r) for r in e2e], gpu=gpu, verdict=verdict,
+        notes=notes + _gpu_notes(rows, e2e), seconds=round(t.seconds, 2),
     )
     result.table = f"{STAGE}/{runs.write_text(run_dir / STAGE / 'table.md', markdown(result)).name}"
     result.plot = f"{STAGE}/{_plot(rows, e2e, run_dir / STAGE / 'throughput.png').name}"
@@ -185,80 +213,65 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     return result
 
 
+def _bytes(path: Path) -> int:
+    """Return a model's size on disk (an OpenVINO IR counts its .bin)."""
+    extra = path.with_suffix(".bin") if path.suffix == ".xml" else None
+    return path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)
+
+
+def sweep(cases: list[Case], cfg: ThroughputConfig, size: int, budget_s: float = float("inf")) -> list[dict]:
+    """Return one row per case and batch, each timed until its p50 is stable or a cap; pairs share the budget."""
+    pairs_left = sum(len(c.batches) for c in cases)
+    deadline = time.perf_counter() + budget_s
+    rows = []
+    for case in cases:
+        runner = open_runner(case.backend, case.path, threads=cfg.threads, **case.options)
+        for b in tqdm(case.batches, desc=f"{case.model} ({case.backend})", disable=None):
+            share = min(cfg.max_seconds, max(0.0, deadline - time.perf_counter()) / pairs_left)
+            pairs_left -= 1
+            x = np.random.default_rng(0).random((b, 3, size, size), dtype=np.float32)
+            cuda = runner.device == "cuda"
+            if cuda:
+                import torch
+
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            timing = time_adaptive(runner.prepare(x), warmup=cfg.warmup, min_iterations=cfg.min_iterations,
+                                   max_iterations=cfg.iterations, max_seconds=share,
+                                   tolerance=cfg.stable_pct / 100, cuda=cuda)
+            extra = {"memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
+            rows.append(_row(case.model, case.backend, runner.device, b, timing.samples, stopped=timing.stopped,
+                             shipped=case.shipped, **extra))
+        del runner
+    return rows
+
+
 def _row(model: str, backend: str, device: str, batch: int, samples: list[float], **extra) -> dict:
     return {"model": model, "backend": backend, "device": device, "batch": batch, **latency_stats(samples, batch), **extra}
 
 
-def _make_call(path: Path, input_name: str, batch: int, size: int, threads: int, backend: str):
-    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    if backend == "tensorrt":
-        import torch
-        from polygraphy.backend.common import BytesFromPath
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
-        runner.activate()
-        xd = torch.from_numpy(x).cuda()  # device input and output: time the engine, not PCIe
-        return lambda: runner.infer({input_name: xd}, copy_outputs_to_host=False)
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda: sess.run(None, {input_name: x})
-
-
-def _torch_rows(cfg: ThroughputConfig, checkpoint: Path, size: int, batches: list[int], has_cuda: bool) -> list[dict]:
-    """Time the PyTorch deployment a user would otherwise ship: FP32 eager, FP16 eager, FP16 + CUDA graph."""
-    import torch
-
-    from .pipeline import cuda_graph, load_torch_detector
-
-    variants = [("pytorch fp32 eager", False, False)]
-    if has_cuda:
-        variants += [("pytorch fp16 eager", True, False), ("pytorch fp16 + cuda graph", True, True)]
-        torch.backends.cudnn.benchmark = True
-    device = "cuda" if has_cuda else "cpu"
-    rows = []
-    for label, half, graphed in variants:
-        net = load_torch_detector(checkpoint, device, half)
-        for b in tqdm(batches, desc=label, disable=None):
-            x = torch.rand((b, 3, size, size), device=device, dtype=torch.float16 if half else torch.float32)
-            if has_cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            if graphed:
-                call, _ = cuda_graph(net, x)
-            else:
-                call = partial(net, x)
-            with torch.inference_mode():
-                samples = time_calls(call, cfg.warmup, cfg.iterations, cfg.max_seconds, cuda=has_cuda)
-            extra = {"memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if has_cuda else {}
-            rows.append(_row(label, "pytorch", device, b, samples, **extra))
-            del call
-        del net
-    return rows
-
-
 def _end_to_end(cfg: ThroughputConfig, run_dir: Path, exp: dict, build: dict, has_cuda: bool) -> tuple[list, list]:
     """Return (rows, skipped) for camera JPEGs through decode, preprocessing, inference and NMS."""
-    from . import pipeline
+    from . import frames
 
     size, rows = int(exp["imgsz"]), []
+    runner = None
     for n in cfg.streams:
-        jpegs = pipeline.read_jpegs(cfg.eval_dir, n * cfg.e2e_batches)
+        jpegs = frames.read_jpegs(cfg.eval_dir, n * cfg.e2e_batches)
         batches = [jpegs[i * n:(i + 1) * n] for i in range(cfg.e2e_batches)]
         if not has_cuda:
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(run_dir / build["engine"]), providers=["CPUExecutionProvider"])
-            timing = pipeline.cpu_end_to_end(sess, exp["input_name"], batches, size)
-            rows.append({"path": "cpu decode, float32 (onnxruntime cpu)", "mode": "serial", "streams": n,
-                         "bytes_per_frame": 3 * size * size * 4, **timing})  # no PCIe: the tensor ONNX Runtime reads
+            if runner is None:
+                backend, model = build["backend"], run_dir / build["engine"]
+                if backend not in CPU_BACKENDS:  # a TensorRT plan without CUDA: the quantized ONNX on ONNX Runtime
+                    backend, model = "onnxruntime", run_dir / runs.read_result(run_dir, "quantize")["onnx"]
+                runner = open_runner(backend, model, threads=cfg.threads)
+            timing = frames.cpu_end_to_end(runner, batches, size, max_seconds=cfg.max_seconds)
+            rows.append({"path": f"cpu decode, float32 ({runner.name} cpu)", "mode": "serial", "streams": n,
+                         "bytes_per_frame": 3 * size * size * 4, **timing})  # no PCIe: the tensor the runtime reads
             continue
-        net = pipeline.load_torch_detector(run_dir / exp["checkpoint"], "cuda", half=True)
-        for path in pipeline.PATHS:
-            pipe = pipeline.GpuPipeline(net, path, n, size)
+        net = frames.load_torch_detector(run_dir / exp["checkpoint"], "cuda", half=True)
+        for path in frames.PATHS:
+            pipe = frames.GpuPipeline(net, path, n, size)
             try:
                 pipe.run_serial(batches[:2])  # warm-up: nvJPEG handles, cuDNN, pinned pages
                 for mode, fn in (("serial", pipe.run_serial), ("overlapped", pipe.run_overlapped)):
@@ -286,8 +299,9 @@ def markdown(result: ThroughputResult) -> str:
         lines += ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
         return "\n".join(lines)
 
-    parts = ["## Batch sweep", table(result.rows, ["model", "backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms",
-                                                   "images_per_s", "memory_mib"])]
+    parts = (["## Verdict", result.verdict] if result.verdict else []) + [
+        "## Batch sweep", table(result.rows, ["model", "backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms",
+                                              "images_per_s", "iterations", "stopped", "memory_mib"])]
     if result.end_to_end:
         keys = [k for k in ("path", "mode", "streams", "frames_per_s", "batch_latency_p50_ms", "batch_latency_p99_ms",
                             "bytes_per_frame", "host_decode_ms", "upload_or_gpu_decode_ms", "inference_ms", "nms_ms")
@@ -314,21 +328,29 @@ def _gpu_notes(rows: list[dict], e2e: list[dict]) -> list[str]:
     return notes
 
 
-def _cpu_notes(rows: list[dict], backend: str) -> list[str]:
-    if backend != "onnxruntime":
-        return []
-    notes = []
+def cpu_verdict(rows: list[dict]) -> tuple[str, list[str]]:
+    """Return (one line at batch 1, notes per batch): INT8 over FP32 on each CPU runtime, and the CPU's INT8 support."""
     flags = runs.cpu_flags()
-    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    base = {r["batch"]: r["images_per_s"] for r in rows if r["model"] == "fp32 onnx"}
-    eng = {r["batch"]: r["images_per_s"] for r in rows if r["model"].startswith("engine")}
-    for b in sorted(base):
-        if b in eng and eng[b] < base[b]:
-            notes.append(f"batch {b}: the quantized engine is {base[b] / eng[b]:.2f}x slower than FP32 on this CPU")
-    if not vnni:
-        notes.append("this CPU has no VNNI/AMX INT8 instructions: INT8 Q/DQ is not a speed win here; "
-                     "the CPU run proves accuracy, the speed-up belongs to the TensorRT target")
-    return notes
+    int8_isa = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    isa = f"VNNI/AMX: {', '.join(int8_isa)}" if int8_isa else "no VNNI"
+    ips = {(r["backend"], "fp32" if r["model"] == "fp32 onnx" else "int8", r["batch"]): r["images_per_s"]
+           for r in rows if r["device"] == "cpu" and r["backend"] in CPU_BACKENDS}
+    lines = []
+    for b in sorted({k[2] for k in ips}):
+        ov8, ov32 = ips.get(("openvino", "int8", b)), ips.get(("openvino", "fp32", b))
+        ort8, ort32 = ips.get(("onnxruntime", "int8", b)), ips.get(("onnxruntime", "fp32", b))
+        parts = []
+        if ov8 and ov32:
+            parts.append(f"INT8 on OpenVINO {ov8 / ov32:.2f}x its FP32" + (f" and {ov8 / ort32:.2f}x ONNX Runtime FP32"
+                                                                          if ort32 else ""))
+        if ort8 and ort32:
+            parts.append(f"ONNX Runtime INT8 is {ort8 / ort32:.2f}x its FP32")
+        if parts:
+            lines.append(f"batch {b}: {'; '.join(parts)} on this CPU ({isa})")
+    if not int8_isa:
+        lines.append("this CPU has no VNNI/AMX INT8 instructions: INT8 gains here come from the runtime's kernels "
+                     "(OpenVINO), not from the CPU")
+    return (lines[0] if lines else ""), lines
 
 
 def _plot(rows: list[dict], e2e: list[dict], path: Path) -> Path:

@@ -53,14 +53,54 @@ def test_profile_and_equivalent_commands():
     assert poly.startswith("polygraphy convert q.onnx --strongly-typed")
 
 
-def test_cpu_build_saves_an_optimized_onnxruntime_model_that_matches(run_copy):
+def test_cpu_build_times_both_engines_and_ships_only_a_verified_one(run_copy):
+    """Without a compare result naming verified_backends, only ONNX Runtime may ship, whatever the speeds."""
     import onnxruntime as ort
 
-    res = build.run(build.BuildConfig(target="cpu"), run_copy)
-    assert res.status == "passed" and res.backend == "onnxruntime"
+    res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
+    assert res.status == "passed" and res.backend == "onnxruntime" and res.choice["picked"] == "onnxruntime"
+    assert res.choice["candidates"] == ["openvino", "onnxruntime"]
+    assert all(v > 0 for v in res.choice["images_per_s"].values()) and set(res.choice["images_per_s"]) == {"openvino", "onnxruntime"}
+    assert res.choice["verified_backends"] == ["onnxruntime"] and "did not verify it" in res.choice["reason"]
+    assert res.checks["passed"] and "calibration images" in res.checks["images"]
+    assert not (run_copy / "build" / "model.xml").exists()  # only the shipped engine stays
     x = np.random.default_rng(0).random((2, 3, IMGSZ, IMGSZ), dtype=np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]  # noqa: E731
     np.testing.assert_allclose(run(run_copy / res.engine), run(run_copy / "quantize" / "model.quant.onnx"), atol=1e-4)
+
+
+def test_cpu_build_ships_the_faster_verified_engine_and_its_ir_equals_the_verified_model(run_copy, image_sets):
+    from yolo_compile import backends, images, runs
+
+    runs.write_json(run_copy / "compare" / "result.json",
+                    {"status": "passed", "passed": True, "verified_backends": ["onnxruntime", "openvino"]})
+    res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
+    speeds = res.choice["images_per_s"]
+    assert res.choice["picked"] == max(speeds, key=speeds.get) == res.backend
+    assert f"{res.backend}: {speeds[res.backend]:.1f} images/s" in res.choice["reason"]
+    assert res.checks["passed"] and res.checks["max_abs_diff"] <= 1e-3
+    # the IR itself, whichever engine shipped: built from the verified Q/DQ ONNX, same outputs on real images
+    from yolo_compile import cpu_engine
+
+    ir = cpu_engine.build_openvino(run_copy / "quantize" / "model.quant.onnx", run_copy)
+    assert ir.engine == "build/model.xml" and (run_copy / "build" / "model.bin").is_file()
+    x = np.stack([images.load_tensor(p, IMGSZ) for p in images.list_images(image_sets["eval"])])
+    got = backends.open_runner("openvino", run_copy / ir.engine).run(x)
+    want = backends.open_runner("openvino", run_copy / "quantize" / "model.quant.onnx").run(x)
+    np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+def test_cpu_build_without_openvino_falls_back_to_onnxruntime_with_the_reason(run_copy, monkeypatch):
+    from yolo_compile import cpu_engine, runs
+
+    runs.write_json(run_copy / "compare" / "result.json",
+                    {"status": "passed", "passed": True, "verified_backends": ["onnxruntime", "openvino"]})
+    real = cpu_engine.available
+    monkeypatch.setattr(cpu_engine, "available", lambda n: (False, "the Python package 'openvino' is not installed")
+                        if n == "openvino" else real(n))
+    res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
+    assert res.backend == "onnxruntime" and res.choice["candidates"] == ["onnxruntime"]
+    assert "openvino: not built, the Python package 'openvino' is not installed" in res.choice["reason"]
 
 
 def test_tensorrt_target_without_tensorrt_is_skipped_with_reason_and_commands(run_copy):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import build, export, images, pipeline, throughput
+from yolo_compile import build, export, frames, images, throughput
 from yolo_compile.errors import ExportError, ThroughputError
 
 from conftest import IMGSZ
@@ -19,16 +19,22 @@ def timed_run(quantized_run, image_sets, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tp") / "run"
     shutil.copytree(quantized_run, run_dir)
     build.run(build.BuildConfig(target="cpu"), run_dir)
-    cfg = throughput.ThroughputConfig(batch_sizes=(1, 2), warmup=1, iterations=3, max_seconds=0.5,
-                                      eval_dir=str(image_sets["eval"]), streams=(2,), e2e_batches=3)
+    cfg = throughput.ThroughputConfig(cpu_batch_sizes=(1, 2), warmup=1, iterations=20, max_seconds=0.5,
+                                      budget_seconds=4, eval_dir=str(image_sets["eval"]), streams=(2,), e2e_batches=3)
     return run_dir, throughput.run(cfg, run_dir)
 
 
-def test_sweep_times_onnx_engine_and_pytorch_for_every_batch(timed_run):
+def test_sweep_times_fp32_and_quantized_on_both_cpu_runtimes_within_the_budget(timed_run):
     _, res = timed_run
-    assert {(r["model"], r["batch"]) for r in res.rows} == {
-        (m, b) for m in ("fp32 onnx", "engine (onnxruntime)", "pytorch fp32 eager") for b in (1, 2)}
+    assert {(r["model"], r["backend"], r["batch"]) for r in res.rows} == {
+        (m, be, b) for m, be in (("fp32 onnx", "onnxruntime"), ("engine (onnxruntime)", "onnxruntime"),
+                                 ("fp32 onnx", "openvino"), ("quantized onnx", "openvino")) for b in (1, 2)
+    } | {("pytorch fp32 eager", "pytorch", 1)}
     assert all(r["images_per_s"] > 0 and r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in res.rows)
+    assert all(r["stopped"] in ("stable", "iterations", "seconds") for r in res.rows)
+    assert [r["shipped"] for r in res.rows].count(True) == 2  # the engine, at both batches
+    assert res.verdict.startswith("batch 1: INT8 on OpenVINO") and "ONNX Runtime INT8 is" in res.verdict
+    assert res.seconds < 30  # budget 4 s for the sweep, plus loading, the end-to-end pass and the plot
     assert res.bytes_per_frame["float32 input"] == 4 * res.bytes_per_frame["uint8 input (fused preprocessing)"]
 
 
@@ -40,16 +46,16 @@ def test_cpu_run_says_what_it_skipped_and_why(timed_run):
     _, res = timed_run
     text = "\n".join(res.skipped)
     assert "PyTorch CUDA" in text and "no CUDA device" in text
-    assert "TensorRT engine" in text and "GPU decode (nvJPEG)" in text
+    assert "TensorRT engine" in text and "GPU decode (nvJPEG)" in text and "PyTorch FP32 eager on the CPU at batch 2" in text
 
 
 def test_cpu_end_to_end_decodes_jpegs_and_writes_table_and_plot(timed_run):
     run_dir, res = timed_run
     (row,) = res.end_to_end
     assert row["mode"] == "serial" and row["streams"] == 2 and row["frames_per_s"] > 0
-    assert row["host_decode_ms"] > 0 and row["inference_ms"] > 0
+    assert row["host_decode_ms"] > 0 and row["inference_ms"] > 0 and row["path"] == "cpu decode, float32 (onnxruntime cpu)"
     table = (run_dir / res.table).read_text()
-    assert "## Batch sweep" in table and "## End to end" in table and "pytorch fp32 eager" in table
+    assert "## Batch sweep" in table and "## End to end" in table and "pytorch fp32 eager" in table and "## Verdict" in table
     assert (run_dir / res.plot).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run_dir / "throughput" / "result.json").read_text())["end_to_end_summary"]
 
@@ -81,7 +87,7 @@ def test_export_option_writes_the_uint8_model_and_rejects_unknown_layouts(tiny_c
 
 def test_letterbox_geometry_matches_images_letterbox():
     for h, w in ((720, 960), (960, 1280), (120, 160), (500, 333)):
-        nh, nw, top, left = pipeline.letterbox_geometry(h, w, 64)
+        nh, nw, top, left = frames.letterbox_geometry(h, w, 64)
         boxed = images.letterbox(np.full((h, w, 3), 7, np.uint8), 64)
         rows, cols = np.nonzero(boxed[..., 0] == 7)
         assert (rows.min(), cols.min(), rows.max() + 1 - rows.min(), cols.max() + 1 - cols.min()) == (top, left, nh, nw)
@@ -96,14 +102,14 @@ def test_nms_keeps_the_best_of_overlapping_boxes_per_image():
     pred[0, 4, 0], pred[0, 4, 1] = 0.9, 0.8
     pred[0, :4, 2] = torch.tensor([10, 10, 8, 8])
     pred[0, 6, 2] = 0.5  # another class, elsewhere
-    dets = pipeline.nms(pred)
+    dets = frames.nms(pred)
     assert len(dets) == 2 and dets[1].shape == (0, 6)
     assert dets[0].shape == (2, 6) and dets[0][0, 4] == pytest.approx(0.9)
     assert dets[0][0, :4].tolist() == [40, 40, 60, 60] and dets[0][1, 5] == 2
 
 
 def test_latency_stats_and_config_checks():
-    s = throughput.latency_stats([0.01, 0.02, 0.03, 0.04], batch=4)
+    s = throughput.latency_stats([0.01, 0.02, 0.03, 0.04], batch=4)  # re-exported from timing
     assert s["p50_ms"] == pytest.approx(25.0) and s["images_per_s"] == pytest.approx(16 / 0.1)
     assert throughput.batches_for(["batch", 3, 64, 64], (8, 1)) == [1, 8]
     assert throughput.batches_for([1, 3, 64, 64], (8, 1)) == [1]

@@ -259,27 +259,34 @@ def _summary(latencies_s: list[float], wall_s: float, frames: int) -> dict:
             "batch_latency_p99_ms": float(np.percentile(a, 99))}
 
 
-def cpu_end_to_end(session, input_name: str, batches: list[list[bytes]], size: int, workers: int = 2) -> dict:
-    """Serial CPU pipeline: cv2 decode + letterbox + float32, ONNX Runtime inference, NMS; return timings."""
+def cpu_end_to_end(runner, batches: list[list[bytes]], size: int, workers: int = 2,
+                   max_seconds: float = float("inf")) -> dict:
+    """Serial CPU pipeline: cv2 decode + letterbox + float32, inference on a backends.Runner, NMS; return timings.
+
+    Stops after max_seconds (at least one timed batch), so a slow CPU engine cannot stretch the stage.
+    """
     import torch
 
     parts = {"host_decode_ms": [], "inference_ms": [], "nms_ms": []}
-    lat = []
+    lat, frames = [], 0
     t_all = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, frames in enumerate(batches[:1] + batches):  # pass 0 warms the session up and is dropped
+        for i, batch in enumerate(batches[:1] + batches):  # pass 0 warms the runner up and is dropped
             t0 = time.perf_counter()
-            boxed = list(pool.map(lambda j: cpu_letterboxed(j, size), frames))
+            boxed = list(pool.map(lambda j: cpu_letterboxed(j, size), batch))
             x = np.ascontiguousarray(np.stack(boxed)[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
             t1 = time.perf_counter()
-            (pred,) = session.run(None, {input_name: x})[:1]
+            pred = runner.run(x)
             t2 = time.perf_counter()
             nms(torch.from_numpy(pred))
             t3 = time.perf_counter()
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[k].append(v * 1e3)
             lat.append(t3 - t0)
+            frames += len(batch)
             if i == 0:
-                parts, lat, t_all = {k: [] for k in parts}, [], time.perf_counter()
-    out = _summary(lat, time.perf_counter() - t_all, sum(len(f) for f in batches))
-    return out | {k: float(np.median(v)) for k, v in parts.items()}
+                parts, lat, frames, t_all = {k: [] for k in parts}, [], 0, time.perf_counter()
+            elif t3 - t_all >= max_seconds:
+                break
+    out = _summary(lat, time.perf_counter() - t_all, frames)
+    return out | {k: float(np.median(v)) for k, v in parts.items()} | {"batches": len(lat)}

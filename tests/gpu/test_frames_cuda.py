@@ -9,16 +9,16 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
 
-from yolo_compile import build, images, pipeline, throughput  # noqa: E402
+from yolo_compile import build, frames, images, throughput  # noqa: E402
 
 from conftest import IMGSZ  # noqa: E402
 
 
 def test_gpu_letterbox_matches_the_cpu_tensor(image_sets, tiny_checkpoint):
-    net = pipeline.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    net = frames.load_torch_detector(tiny_checkpoint, "cuda", half=True)
     files = images.list_images(image_sets["eval"])[:2]
     jpegs = [f.read_bytes() for f in files]
-    pipe = pipeline.GpuPipeline(net, "gpu decode (nvJPEG)", 2, IMGSZ)
+    pipe = frames.GpuPipeline(net, "gpu decode (nvJPEG)", 2, IMGSZ)
     try:
         with torch.cuda.stream(torch.cuda.current_stream()):
             pipe.device_part(jpegs, 0)
@@ -31,11 +31,11 @@ def test_gpu_letterbox_matches_the_cpu_tensor(image_sets, tiny_checkpoint):
 
 
 def test_every_path_runs_serial_and_overlapped(image_sets, tiny_checkpoint):
-    net = pipeline.load_torch_detector(tiny_checkpoint, "cuda", half=True)
-    jpegs = pipeline.read_jpegs(image_sets["eval"], 8)
+    net = frames.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    jpegs = frames.read_jpegs(image_sets["eval"], 8)
     batches = [jpegs[i:i + 2] for i in range(0, 8, 2)]
-    for path in pipeline.PATHS:
-        pipe = pipeline.GpuPipeline(net, path, 2, IMGSZ)
+    for path in frames.PATHS:
+        pipe = frames.GpuPipeline(net, path, 2, IMGSZ)
         try:
             for fn in (pipe.run_serial, pipe.run_overlapped):
                 assert fn(batches)["frames_per_s"] > 0
@@ -50,5 +50,5 @@ def test_throughput_adds_pytorch_cuda_rows_and_end_to_end(run_copy, image_sets):
                          run_copy)
     models = {r["model"] for r in res.rows if r["device"] == "cuda"}
     assert models == {"pytorch fp32 eager", "pytorch fp16 eager", "pytorch fp16 + cuda graph"}
-    assert {(r["path"], r["mode"]) for r in res.end_to_end} == {(p, m) for p in pipeline.PATHS for m in ("serial", "overlapped")}
+    assert {(r["path"], r["mode"]) for r in res.end_to_end} == {(p, m) for p in frames.PATHS for m in ("serial", "overlapped")}
     assert res.gpu["after"].get("clocks.sm")

@@ -1,0 +1,60 @@
+"""Every backend behind one interface, on the tiny real model: same outputs, described, skipped with a reason."""
+
+import numpy as np
+import pytest
+
+from yolo_compile import backends
+from yolo_compile.errors import CompileError
+
+from conftest import IMGSZ
+
+
+@pytest.fixture(scope="module")
+def batch(image_sets):
+    from yolo_compile import images
+
+    files = images.list_images(image_sets["eval"])[:2]
+    return np.stack([images.load_tensor(p, IMGSZ) for p in files])
+
+
+@pytest.mark.parametrize("model", ["export/model.onnx", "quantize/model.quant.onnx"])
+def test_openvino_and_onnxruntime_agree_on_the_same_onnx(quantized_run, batch, model):
+    ort = backends.open_runner("onnxruntime", quantized_run / model)
+    ov = backends.open_runner("openvino", quantized_run / model)
+    assert ort.input_name == ov.input_name == "images" and ort.static_batch is ov.static_batch is None
+    want, got = ort.run(batch), ov.run(batch)
+    assert got.shape == want.shape == (2, 4 + 80, 84)
+    if model.startswith("export"):
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+    else:  # INT8 kernels round differently per runtime: scores stay close, boxes (random-model pixels) within ~2%
+        np.testing.assert_allclose(got[:, 4:], want[:, 4:], atol=1e-2)
+        box_err = np.median(np.abs(got[:, :4] - want[:, :4])) / np.median(np.abs(want[:, :4]))
+        assert box_err < 0.05
+    for runner in (ort, ov):
+        runner.warm_up(batch, n=1)
+        call = runner.prepare(batch)
+        call()
+        desc = runner.describe()
+        assert desc["backend"] == runner.name and desc["device"] == "cpu" and desc["version"]
+
+
+def test_pytorch_eager_matches_the_exported_onnx(quantized_run, batch):
+    torch_runner = backends.open_runner("pytorch", quantized_run / "export" / "model.pt")
+    ort = backends.open_runner("onnxruntime", quantized_run / "export" / "model.onnx")
+    np.testing.assert_allclose(torch_runner.run(batch), ort.run(batch), atol=1e-2, rtol=1e-3)
+    assert torch_runner.describe()["variant"] == "fp32 eager" and torch_runner.device == "cpu"
+    with pytest.raises(CompileError, match="need device='cuda'"):
+        backends.open_runner("pytorch", quantized_run / "export" / "model.pt", half=True)
+
+
+def test_missing_or_unknown_backends_say_why(quantized_run):
+    ok, why = backends.available("tensorrt")
+    if ok:
+        pytest.skip("TensorRT and a GPU are present here")
+    assert "tensorrt" in why.lower() or "gpu" in why.lower()
+    with pytest.raises(CompileError, match="backend tensorrt"):
+        backends.open_runner("tensorrt", quantized_run / "export" / "model.onnx")
+    assert backends.available("tflite") == (False, backends.available("tflite")[1])
+    assert "expected one of onnxruntime, openvino, pytorch, tensorrt" in backends.available("tflite")[1]
+    with pytest.raises(CompileError, match="not found"):
+        backends.open_runner("onnxruntime", quantized_run / "missing.onnx")
