@@ -24,7 +24,7 @@ TITLES = {
     "calibrate": "Calibrate: the calibration set, preprocessed exactly as inference does (memory-mapped)",
     "quantize": "Quantize: ModelOpt ONNX PTQ, INT8 backbone/neck, detection head kept in float",
     "compare": "Compare: Polygraphy runs FP32 vs quantized on held-out images; boxes and scores gated apart",
-    "build": "Build: TensorRT (strongly typed, via Polygraphy) or an ONNX Runtime CPU engine",
+    "build": "Build: TensorRT (strongly typed, via Polygraphy) or the faster verified CPU engine (OpenVINO IR or ONNX Runtime)",
     "throughput": "Throughput: latency and images/s of the engine and the FP32 baseline, batch sweep",
 }
 

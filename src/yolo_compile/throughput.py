@@ -42,7 +42,7 @@ class ThroughputConfig:
     pytorch: bool = True  # also time PyTorch from the run's checkpoint (FP32 eager; on a GPU FP16 eager and FP16 + CUDA graph)
     eval_dir: str = ""  # JPEG camera frames for the end-to-end decode comparison; empty: skip it
     streams: tuple[int, ...] = (4, 8)  # concurrent camera streams (frames per batch) for the end-to-end comparison
-    e2e_batches: int = 20  # batches timed per end-to-end pipeline and mode (CPU: at most max_seconds each)
+    e2e_batches: int = 20  # batches timed per end-to-end pipeline and mode (CPU: at most budget_seconds / 8 each)
 
     def __post_init__(self) -> None:
         check_positive("iterations", self.iterations)
@@ -150,10 +150,11 @@ def plan_cases(cfg: ThroughputConfig, run_dir: Path, exp: dict, build: dict, has
                   Case(f"engine ({build['backend']})", build["backend"], engine, batches, {}, shipped=True)]
     if cfg.pytorch:
         ckpt = run_dir / exp["checkpoint"]
-        if has_cuda:
-            cases += [Case("pytorch fp32 eager", "pytorch", ckpt, batches, {"device": "cuda"}),
-                      Case("pytorch fp16 eager", "pytorch", ckpt, batches, {"device": "cuda", "half": True}),
-                      Case("pytorch fp16 + cuda graph", "pytorch", ckpt, batches,
+        if has_cuda:  # the GPU sweep, whatever the target
+            gb = batches_for(exp["input_shape"], cfg.batch_sizes)
+            cases += [Case("pytorch fp32 eager", "pytorch", ckpt, gb, {"device": "cuda"}),
+                      Case("pytorch fp16 eager", "pytorch", ckpt, gb, {"device": "cuda", "half": True}),
+                      Case("pytorch fp16 + cuda graph", "pytorch", ckpt, gb,
                            {"device": "cuda", "half": True, "cuda_graph": True})]
         else:
             cases.append(Case("pytorch fp32 eager", "pytorch", ckpt, batches[:1]))
@@ -184,7 +185,8 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     with runs.Timer() as t:
         if has_cuda:
             gpu["before"] = gpu_clocks()
-        rows = sweep(cases, cfg, size, budget)
+        rows, spent = sweep(cases, cfg, size, budget)
+        skipped += spent
         if has_cuda:
             gpu["after"] = gpu_clocks()
         elif cfg.pytorch:
@@ -219,31 +221,42 @@ def _bytes(path: Path) -> int:
     return path.stat().st_size + (extra.stat().st_size if extra and extra.is_file() else 0)
 
 
-def sweep(cases: list[Case], cfg: ThroughputConfig, size: int, budget_s: float = float("inf")) -> list[dict]:
-    """Return one row per case and batch, each timed until its p50 is stable or a cap; pairs share the budget."""
-    pairs_left = sum(len(c.batches) for c in cases)
-    deadline = time.perf_counter() + budget_s
-    rows = []
-    for case in cases:
-        runner = open_runner(case.backend, case.path, threads=cfg.threads, **case.options)
-        for b in tqdm(case.batches, desc=f"{case.model} ({case.backend})", disable=None):
-            share = min(cfg.max_seconds, max(0.0, deadline - time.perf_counter()) / pairs_left)
-            pairs_left -= 1
-            x = np.random.default_rng(0).random((b, 3, size, size), dtype=np.float32)
-            cuda = runner.device == "cuda"
-            if cuda:
-                import torch
+def sweep(cases: list[Case], cfg: ThroughputConfig, size: int, budget_s: float = float("inf")) -> tuple[list, list]:
+    """Return (rows, skipped): each case at each batch, timed until its p50 is stable or a cap.
 
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-            timing = time_adaptive(runner.prepare(x), warmup=cfg.warmup, min_iterations=cfg.min_iterations,
-                                   max_iterations=cfg.iterations, max_seconds=share,
-                                   tolerance=cfg.stable_pct / 100, cuda=cuda)
-            extra = {"memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
-            rows.append(_row(case.model, case.backend, runner.device, b, timing.samples, stopped=timing.stopped,
-                             shipped=case.shipped, **extra))
-        del runner
-    return rows
+    Batch-major order, and the pairs still to run share what is left of the budget: every case gets its
+    smallest batch timed; larger batches are skipped, with the reason, once the budget is spent.
+    """
+    order = sorted((b, i) for i, c in enumerate(cases) for b in c.batches)
+    deadline = time.perf_counter() + budget_s
+    rows, skipped, runners = [], [], {}
+    for k, (b, i) in enumerate(tqdm(order, desc="batch sweep", disable=None)):
+        case, left = cases[i], deadline - time.perf_counter()
+        if left <= 0 and b != order[0][0]:
+            label = case.model if case.backend in case.model else f"{case.model} ({case.backend})"
+            skipped.append(f"{label} at batch {b}: the sweep's budget "
+                           f"(budget_seconds={cfg.budget_seconds:g}) was spent")
+            continue
+        share = min(cfg.max_seconds, max(left, 0.0) / (len(order) - k))
+        if i not in runners:
+            runners[i] = open_runner(case.backend, case.path, threads=cfg.threads, **case.options)
+        runner = runners[i]
+        x = np.random.default_rng(0).random((b, 3, size, size), dtype=np.float32)
+        cuda = runner.device == "cuda"
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        timing = time_adaptive(runner.prepare(x), warmup=cfg.warmup, min_iterations=cfg.min_iterations,
+                               max_iterations=cfg.iterations, max_seconds=share, tolerance=cfg.stable_pct / 100,
+                               cuda=cuda)
+        extra = {"memory_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if cuda else {}
+        rows.append(_row(case.model, case.backend, runner.device, b, timing.samples, stopped=timing.stopped,
+                         shipped=case.shipped, **extra))
+        if b == case.batches[-1]:
+            runners.pop(i, None)  # release the model once its last batch is timed
+    return rows, skipped
 
 
 def _row(model: str, backend: str, device: str, batch: int, samples: list[float], **extra) -> dict:
@@ -265,7 +278,8 @@ def _end_to_end(cfg: ThroughputConfig, run_dir: Path, exp: dict, build: dict, ha
                 if backend not in CPU_BACKENDS:  # a TensorRT plan without CUDA: the quantized ONNX on ONNX Runtime
                     backend, model = "onnxruntime", run_dir / runs.read_result(run_dir, "quantize")["onnx"]
                 runner = open_runner(backend, model, threads=cfg.threads)
-            timing = frames.cpu_end_to_end(runner, batches, size, max_seconds=cfg.max_seconds)
+            limit = min(cfg.max_seconds, cfg.budget_seconds / 8) if cfg.budget_seconds else cfg.max_seconds
+            timing = frames.cpu_end_to_end(runner, batches, size, max_seconds=limit)
             rows.append({"path": f"cpu decode, float32 ({runner.name} cpu)", "mode": "serial", "streams": n,
                          "bytes_per_frame": 3 * size * size * 4, **timing})  # no PCIe: the tensor the runtime reads
             continue

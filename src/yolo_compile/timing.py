@@ -51,12 +51,15 @@ def time_adaptive(call, *, warmup: int = 2, min_iterations: int = 5, max_iterati
                   max_seconds: float = 3.0, tolerance: float = 0.02, cuda: bool = False) -> Timing:
     """Return a Timing of call(): warm up, then time until the p50 is stable within `tolerance`, or a cap.
 
-    At least 2 calls are timed even past max_seconds (one slow call says little). With cuda=True each call
+    At least 2 calls are timed even past max_seconds (one slow call says little); warm-up stops after one
+    call once it alone took max_seconds. With cuda=True each call
     is bracketed by CUDA events on the current stream, so the latency is device-side time.
     """
     t_start = time.perf_counter()
     for _ in range(warmup):
         call()
+        if time.perf_counter() - t_start > max_seconds:  # one slow warm-up call is warm-up enough
+            break
     sync = start_ev = end_ev = None
     if cuda:
         import torch

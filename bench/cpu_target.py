@@ -1,0 +1,184 @@
+"""The peer a CPU user would pick, side by side with ours, on the reference detector.
+
+    python bench/cpu_target.py [--write] [--set key=value ...]
+
+Runs, with the same calibration and validation images:
+  * ours: `run_workflow("default", target=cpu)` (export, calibrate, quantize, compare gate, build, throughput);
+  * Ultralytics' `export(format="onnx")` (FP32) and `export(format="openvino", int8=True)` (NNCF), calibrated
+    on exactly the images our calibrate stage chose.
+Then prints one table: mAP50-95 (Ultralytics' validator with rect=False on a temporary copy of the split, and
+our evaluator), the drop from FP32, size, images/s (one timer for all: batch 1, until the p50 is stable) and
+compile wall time. `--write` puts the table and the machine into bench/README.md. Goals (issue 13): ours ahead
+on accuracy and speed; our compile, gate included, within 2x of their export. Ultralytics stays offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["YOLO_OFFLINE"] = "1"  # no hub, no GitHub asset downloads (fonts, yolo11n.pt for AMP checks)
+os.environ["YOLO_AUTOINSTALL"] = "false"  # check_requirements may not pip-install in the middle of an export
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- cpu_target:start -->", "<!-- cpu_target:end -->"
+
+
+def dataset_copy(root: Path, calib_files: list[Path], data_yaml: Path) -> Path:
+    """Return a data.yaml in root: train = our calibration images, val = a copy of the labeled split (caches land here)."""
+    import yaml
+
+    from yolo_compile.accuracy import label_path, read_split
+
+    split = read_split(data_yaml)
+    for sub in ("calib/images", "val/images", "val/labels"):
+        (root / sub).mkdir(parents=True)
+    for p in calib_files:
+        (root / "calib/images" / p.name).symlink_to(p)
+    for p in split.images:
+        (root / "val/images" / p.name).symlink_to(p)
+        if label_path(p).is_file():
+            shutil.copy(label_path(p), root / "val/labels" / label_path(p).name)
+    names = yaml.safe_load(data_yaml.read_text())["names"]
+    out = root / "data.yaml"
+    out.write_text(yaml.safe_dump({"path": str(root), "train": "calib/images", "val": "val/images", "names": names}))
+    return out
+
+
+def ultralytics_map(model: Path, data: Path, project: Path, name: str) -> float:
+    """Return mAP50-95 from Ultralytics' own validator (rect=False: static-shape models need square batches)."""
+    from ultralytics import YOLO
+
+    m = YOLO(str(model), task="detect")
+    res = m.val(data=str(data), split="val", imgsz=640, batch=1, rect=False, plots=False, project=str(project),
+                name=name, verbose=False, device="cpu")
+    return float(res.box.map)
+
+
+def our_map(model: Path, backend: str, arr, split, names: dict) -> float:
+    """Return mAP50-95 from yolo-compile's evaluator on the same preprocessed images."""
+    from yolo_compile import accuracy
+
+    dets = accuracy.predict(model, arr, batch=8, desc=model.name, backend=backend)
+    return float(accuracy.evaluate(dets, split, 640, names)["map50_95"])
+
+
+def images_per_s(model: Path, backend: str, x) -> tuple[float, str]:
+    """Return (images/s, why timing stopped) at batch 1 with the throughput stage's timer."""
+    from yolo_compile.backends import open_runner
+    from yolo_compile.timing import latency_stats, time_adaptive
+
+    t = time_adaptive(open_runner(backend, model).prepare(x), warmup=3, max_seconds=6)
+    return latency_stats(t.samples, len(x))["images_per_s"], t.stopped
+
+
+def size_of(model: Path) -> int:
+    return sum(p.stat().st_size for p in ([model, model.with_suffix(".bin")] if model.suffix == ".xml" else [model]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true", help="write the table into bench/README.md")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for our compile")
+    args = ap.parse_args()
+    import numpy as np
+    import yaml
+
+    from yolo_compile import images, runs
+    from yolo_compile.accuracy import read_split
+    from yolo_compile.workflow import reference_defaults, run_workflow
+
+    ref = reference_defaults()
+    work = Path(tempfile.mkdtemp(prefix="bench-cpu-target-"))
+    overrides = {"target": "cpu", **dict(s.split("=", 1) for s in args.set)}
+
+    t0 = time.perf_counter()
+    run_dir, manifest = run_workflow("default", overrides, artifacts=work / "runs")
+    ours_s = time.perf_counter() - t0
+    if manifest["status"] != "passed":
+        print(f"our compile {manifest['status']}: see {run_dir}", file=sys.stderr)
+        return 1
+    build = runs.read_result(run_dir, "build")
+    cal = runs.read_result(run_dir, "calibrate")
+    calib = [Path(cal["calib_dir"]) / f["file"] for f in cal["files"]]
+    data = dataset_copy(work / "data", calib, Path(ref["data"]))
+
+    from ultralytics import YOLO
+
+    pt = work / "peer" / "aoi_yolov8n.pt"  # exports land beside the .pt: keep them out of models/
+    pt.parent.mkdir()
+    shutil.copy(ref["model"], pt)
+    t0 = time.perf_counter()
+    onnx_fp32 = Path(YOLO(str(pt)).export(format="onnx", imgsz=640, device="cpu"))
+    onnx_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ov_dir = Path(YOLO(str(pt)).export(format="openvino", int8=True, data=str(data), split="train", fraction=1.0,
+                                       imgsz=640, device="cpu"))
+    ov_s = time.perf_counter() - t0
+    ov_int8 = next(ov_dir.glob("*.xml"))
+
+    ours = run_dir / build["engine"]
+    ours_dir = work / "ours_openvino_model"  # Ultralytics validates an OpenVINO model from a folder with metadata
+    if build["backend"] == "openvino":
+        ours_dir.mkdir()
+        for p in (ours, ours.with_suffix(".bin")):
+            shutil.copy(p, ours_dir / p.name)
+        shutil.copy(ov_dir / "metadata.yaml", ours_dir / "metadata.yaml")
+    ours_for_val = ours_dir if build["backend"] == "openvino" else ours
+
+    split = read_split(data)
+    names = {int(k): v for k, v in yaml.safe_load(data.read_text())["names"].items()}
+    arr = images.preprocessed(split.images, 640, work / "cache", desc="validation images").array
+    x = images.to_float(np.asarray(arr[:1]))
+    rows = []
+    for label, model, backend, val_path, secs in (
+            ("FP32 ONNX (Ultralytics format=onnx), ONNX Runtime", onnx_fp32, "onnxruntime", onnx_fp32, onnx_s),
+            ("INT8 OpenVINO (Ultralytics format=openvino int8=True, NNCF)", ov_int8, "openvino", ov_dir, ov_s),
+            (f"ours: default compile, target cpu ({build['backend']} engine)", ours, build["backend"], ours_for_val,
+             ours_s)):
+        ips, stopped = images_per_s(model, backend, x)
+        rows.append({"model": label, "ultra": ultralytics_map(val_path, data, work / "val", label.split()[0]),
+                     "ours": our_map(model, backend, arr, split, names), "bytes": size_of(model), "ips": ips,
+                     "stopped": stopped, "compile_s": secs})
+    base = rows[0]
+    lines = ["| model | mAP50-95 (Ultralytics val) | mAP50-95 (our evaluator) | drop, points (Ultralytics / ours) "
+             "| size MB | images/s, batch 1 | compile s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        drop = f"{100 * (base['ultra'] - r['ultra']):.2f} / {100 * (base['ours'] - r['ours']):.2f}"
+        lines.append(f"| {r['model']} | {r['ultra']:.4f} | {r['ours']:.4f} | {drop} | {r['bytes'] / 1e6:.1f} "
+                     f"| {r['ips']:.1f} ({r['stopped']}) | {r['compile_s']:.1f} |")
+    stages = {k: v.get("seconds") for k, v in manifest.get("stages", {}).items()}
+    peer, mine = rows[1], rows[2]
+    goals = [f"accuracy: ours {100 * mine['ultra']:.2f} vs theirs {100 * peer['ultra']:.2f} mAP50-95 points "
+             f"(Ultralytics val) -> {'met' if mine['ultra'] >= peer['ultra'] else 'MISSED'}",
+             f"speed: ours {mine['ips']:.1f} vs theirs {peer['ips']:.1f} images/s -> "
+             f"{'met' if mine['ips'] >= peer['ips'] else 'MISSED'}",
+             f"compile time: ours {ours_s:.0f} s (gate included) vs their INT8 export {ov_s:.0f} s = "
+             f"{ours_s / ov_s:.1f}x (goal <= 2x) -> {'met' if ours_s <= 2 * ov_s else 'MISSED'}"]
+    dev = runs.device_info()
+    machine = (f"{dev.get('cpu')}, {dev.get('cores')} cores, {dev.get('memory_gib')} GiB; INT8 instructions: "
+               f"{', '.join(sorted(runs.cpu_flags() & {'avx512_vnni', 'avx_vnni', 'amx_int8'})) or 'none (no VNNI/AMX)'}")
+    text = "\n".join([f"Machine: {machine}. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+                      *lines, "", *[f"- {g}" for g in goals],
+                      f"- our stages (s): {', '.join(f'{k} {v}' for k, v in stages.items())}",
+                      f"- our engine's choice: {build.get('choice', {}).get('reason', build.get('backend'))}"])
+    print(text)
+    if args.write:
+        readme = REPO / "bench" / "README.md"
+        old = readme.read_text() if readme.is_file() else "# Benchmarks\n\nLatest figures; each section names the command that regenerates it.\n"
+        section = (f"{START}\n## CPU target vs Ultralytics' OpenVINO INT8 export\n\n"
+                   f"`python bench/cpu_target.py --write`\n\n{text}\n{END}")
+        new = old.split(START)[0] + section + old.split(END)[1] if START in old else old.rstrip() + "\n\n" + section + "\n"
+        readme.write_text(new)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
