@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
     r.add_argument("--artifacts", help="where run folders go; default: artifacts/runs")
     sub.add_parser("params", help="list every stage parameter with its type and default")
+    mx = sub.add_parser("matrix", help="compile a models x targets x recipes matrix on Ray (yolo-compile[cluster])")
+    mx.add_argument("file", help="matrix .yaml (models, targets, recipes, calib/eval/data, params, overrides)")
+    mx.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else Ray starts embedded)")
+    mx.add_argument("--workers", type=int, help="CPUs of the embedded Ray (default: all cores)")
+    mx.add_argument("--artifacts", help="where run folders go; default: ./artifacts/runs")
+    mx.add_argument("--shared", help="a folder every node can write: runs are written there instead of shipped back")
+    mx.add_argument("--wait-for-gpu", action="store_true", help="queue TensorRT entries until a GPU node joins")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from .workflow import config_class, run_workflow
@@ -43,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 default = "(required)" if f.default is dataclasses.MISSING else repr(f.default)
                 print(f"{stage:<11} {f.name:<24} {str(f.type):<18} {default}")
         return 0
+    if args.cmd == "matrix":
+        return _matrix(args)
     try:
         overrides = _parse_set(args.set)
         for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
@@ -58,6 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stage:<{width}}  {info.get('status'):<8} {info.get('seconds', 0):>7.1f} s  {extra}")
     print(f"{manifest['status']}: {run_dir}/report.html")
     return 0 if manifest["status"] == "passed" else 1
+
+
+def _matrix(args) -> int:
+    from .matrix import run_matrix
+
+    try:
+        folder, result = run_matrix(args.file, address=args.address, artifacts=args.artifacts, workers=args.workers,
+                                    shared=args.shared, wait_for_gpu=args.wait_for_gpu)
+    except ImportError as e:
+        print(f"yolo-compile: matrix needs Ray ({e}); pip install 'yolo-compile[cluster]'", file=sys.stderr)
+        return 2
+    except CompileError as e:
+        print(f"yolo-compile: {e}", file=sys.stderr)
+        return 2
+    width = max(len(r["label"]) for r in result["runs"])
+    for r in result["runs"]:
+        drop = (r.get("summary") or {}).get("map_drop_points")
+        extra = f"mAP drop {drop:.2f} pts" if isinstance(drop, (int, float)) else r.get("error", "")
+        print(f"  {r['label']:<{width}}  {r['status']:<8} {extra}")
+    print(f"matrix: {folder}/matrix.html")
+    return 0 if all(r["status"] in ("passed", "reused") for r in result["runs"]) else 1
 
 
 if __name__ == "__main__":
