@@ -39,11 +39,7 @@ def main() -> int:
     sets = {"calib": conftest.make_images(work / "calib", 10, 1), "eval": conftest.make_images(work / "eval", 4, 2),
             "data": conftest.make_labeled_split(work / "labeled", 6, 3)}
 
-    class _Factory:  # the fixture's body, called directly
-        def mktemp(self, name):
-            return Path(tempfile.mkdtemp(prefix=name, dir=work))
-
-    a = conftest.tiny_checkpoint.__wrapped__(_Factory())
+    a = conftest.make_tiny_checkpoint(work / "tiny_a.pt")
     import torch
     from ultralytics import YOLO
 

@@ -64,7 +64,12 @@ def image_sets(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A YOLOv8n .pt whose BatchNorm statistics were re-estimated on noise and whose class convs were widened.
+    """A YOLOv8n .pt whose BatchNorm statistics were re-estimated on noise and whose class convs were widened."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny_yolov8n.pt")
+
+
+def make_tiny_checkpoint(path: Path) -> Path:
+    """Write the tiny checkpoint to path (also used by bench/ scripts) and return path.
 
     A freshly initialised YOLO gives near-constant scores (~1e-5) that survive INT8 exactly, so no gate
     could ever fail on it; re-estimated statistics make activations O(1) and quantization error visible.
@@ -86,7 +91,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         for _ in range(10):
             net(torch.rand(8, 3, IMGSZ, IMGSZ))
     net.eval()
-    path = tmp_path_factory.mktemp("model") / "tiny_yolov8n.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     model.save(str(path))
     return path
 
