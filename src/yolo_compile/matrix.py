@@ -191,7 +191,7 @@ def summarize(run_dir: Path) -> dict:
     manifest = runs.read_manifest(run_dir)
     quant, cmp, build, tput = result("quantize"), result("compare"), result("build"), result("throughput")
     acc = cmp.get("accuracy") or {}
-    engine_rows = [r for r in tput.get("rows", []) if str(r.get("model", "")).startswith("engine") and r.get("batch") == 1]
+    engine_rows = [r for r in tput.get("rows", []) if r.get("shipped") and r.get("batch") == 1]
     return {
         "status": manifest.get("status"), "gate_passed": cmp.get("passed"), "reasons": cmp.get("reasons", []),
         "map50_95_fp32": (acc.get("fp32") or {}).get("map50_95"), "map50_95_quantized": (acc.get("quantized") or {}).get("map50_95"),
