@@ -62,14 +62,26 @@ def load_workflow(name_or_path: str | Path) -> dict:
     bad = [s for s in stages if s not in STAGES]
     if bad or list(stages) != sorted(stages, key=STAGES.index):
         raise WorkflowError(f"{path}: stages must be an ordered subset of {', '.join(STAGES)}; got {stages}")
-    wf.update(name=wf.get("name", path.stem), stages=list(stages), params=dict(wf.get("params") or {}), path=str(path))
+    params = dict(wf.get("params") or {})
+    for key in PATH_PARAMS:  # a relative path in a workflow file is relative to that file, not to the cwd
+        value = params.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and not _is_builtin_yaml(value):
+            params[key] = str((path.parent / value).resolve())
+    wf.update(name=wf.get("name", path.stem), stages=list(stages), params=params, path=str(path))
     return wf
 
 
 def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
-    """Merge reference defaults < workflow params < overrides, check every name, make paths absolute."""
+    """Merge reference defaults < workflow params < overrides, check every name, make paths absolute.
+
+    A workflow whose params name a model (binary-aoi) brings its own reference set: its model, calib_dir,
+    eval_dir and data stand in for the AOI defaults, and an overriding --model needs its own images again.
+    """
     ref = reference_defaults()
-    given = {**wf["params"], **overrides}
+    wf_params = dict(wf["params"])
+    if "model" in wf_params:
+        ref = {k: wf_params.pop(k) for k in ("model", "calib_dir", "eval_dir", "data") if k in wf_params}
+    given = {**wf_params, **overrides}
     if "model" in given and Path(str(given["model"])).resolve() != Path(ref["model"]):
         # The reference image sets only fit the reference detector: another model brings its own.
         needed = ("calib_dir", "eval_dir") if "calibrate" in wf["stages"] else ("eval_dir",)
