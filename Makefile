@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
-.PHONY: setup compile compile-tensorrt test test-all bench notebooks clean
+.PHONY: setup compile compile-tensorrt test test-all bench bench-cpu notebooks clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test-all: setup  ## everything, GPU tests skip with their reason where no GPU/Te
 
 bench: setup
 	$(PY) bench/run.py
+
+bench-cpu: setup  ## ours vs Ultralytics' OpenVINO INT8 export on this CPU; rewrites its table in bench/README.md
+	$(PY) bench/cpu_target.py --write
 
 notebooks: setup  ## regenerate notebooks/ from the stage configs
 	$(PY) scripts/make_notebooks.py
