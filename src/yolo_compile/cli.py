@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval", help="held-out image folder for the compare stage; default: the reference val split")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
     r.add_argument("--artifacts", help="where run folders go; default: artifacts/runs")
+    for p in (r, sub.add_parser("resume", help="finish a run that died: yolo-compile resume RUN_DIR")):
+        p.add_argument("-v", "--verbose", action="store_true", help="show papermill's log and the notebooks' output")
+        p.add_argument("--no-cache", action="store_true", help="run every stage's notebook, ignoring the stage cache")
+    sub.choices["resume"].add_argument("run_dir", help="the run folder to finish (artifacts/runs/<run>)")
     sub.add_parser("params", help="list every stage parameter with its type and default")
     mx = sub.add_parser("matrix", help="compile a models x targets x recipes matrix on Ray (yolo-compile[cluster])")
     mx.add_argument("file", help="matrix .yaml (models, targets, recipes, calib/eval/data, params, overrides)")
@@ -41,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--shared", help="a folder every node can write: runs are written there instead of shipped back")
     mx.add_argument("--wait-for-gpu", action="store_true", help="queue TensorRT entries until a GPU node joins")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from .workflow import config_class, run_workflow
+    verbose = getattr(args, "verbose", False)
+    _quiet_logging(verbose)
+    from .workflow import config_class, resume, run_workflow
 
     if args.cmd == "params":
         for stage in STAGES:
@@ -57,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
             if value:
                 overrides[key] = value
-        run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts)
+        kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
+        if args.cmd == "resume":
+            run_dir, manifest = resume(args.run_dir, **kw)
+        else:
+            run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts, **kw)
     except CompileError as e:
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
-    width = max(len(s) for s in manifest["stages"]) if manifest["stages"] else 5
-    for stage, info in manifest["stages"].items():
-        extra = info.get("error") or info.get("reason") or ""
-        print(f"  {stage:<{width}}  {info.get('status'):<8} {info.get('seconds', 0):>7.1f} s  {extra}")
     print(f"{manifest['status']}: {run_dir}/report.html")
     return 0 if manifest["status"] == "passed" else 1
 
@@ -88,6 +93,52 @@ def _matrix(args) -> int:
         print(f"  {r['label']:<{width}}  {r['status']:<8} {extra}")
     print(f"matrix: {folder}/matrix.html")
     return 0 if all(r["status"] in ("passed", "reused") for r in result["runs"]) else 1
+
+
+def _quiet_logging(verbose: bool) -> None:
+    """One line per stage on the console; -v adds papermill's log. Kernel and ZMQ chatter stays out either way."""
+    import warnings
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in ("papermill", "traitlets", "jupyter_client", "nbclient", "asyncio", "tornado"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="(zmq|jupyter_client|nbclient|papermill|traitlets)")
+
+
+def _headline(stage: str, info: dict, res: dict) -> str:
+    """Return the one number worth seeing for a stage (size, images, drop, images/s), or its reason/error."""
+    if info.get("error"):
+        return str(info["error"])[:160]
+    parts = []
+    if stage == "export" and res.get("onnx_bytes"):
+        parts.append(f"{res['onnx_bytes'] / 2**20:.1f} MB ONNX")
+    if stage == "calibrate" and res.get("shape"):
+        parts.append(f"{res['shape'][0]} images" + (f", {len(res['skipped'])} skipped" if res.get("skipped") else ""))
+    if stage == "quantize" and "quantized_nodes" in res:
+        parts.append(f"{len(res['quantized_nodes'])} INT8 nodes, {res.get('onnx_bytes', 0) / 2**20:.1f} MB")
+    for k in ("map_drop", "speedup", "engine", "images_per_s"):
+        if isinstance(res.get(k), (int, float, str)) and res.get(k) not in ("", None):
+            parts.append(f"{k}={res[k]:.3g}" if isinstance(res[k], float) else f"{k}={res[k]}")
+    if res.get("reason"):
+        parts.append(str(res["reason"])[:120])
+    return "; ".join(parts)
+
+
+def _print_stage(stage: str, info: dict) -> None:
+    """Print one stage's line: status, seconds, where it came from, headline."""
+    import json
+    from pathlib import Path
+
+    res = {}
+    run = info.get("run_dir")
+    try:
+        res = json.loads((Path(run) / stage / "result.json").read_text()) if run else {}
+    except (OSError, ValueError):
+        pass
+    how = " (cached)" if info.get("cached") else " (kept)" if info.get("kept") else ""
+    print(f"  {stage:<10} {str(info.get('status')) + how:<17} {info.get('wall_seconds', info.get('seconds', 0)):>6.1f} s  "
+          f"{_headline(stage, info, res)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,7 @@ class ThroughputError(CompileError):
 
 class WorkflowError(CompileError):
     pass
+
+
+class InputError(ConfigError):
+    """An input (parameter, path, image folder, model file, data.yaml) is unusable: refused before anything runs."""

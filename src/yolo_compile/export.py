@@ -24,6 +24,7 @@ class ExportConfig:
     opset: int = 19  # ONNX opset, 17 or newer
     dynamic_batch: bool = True  # batch axis symbolic (image size stays static) so build/throughput can sweep batch
     uint8_input: str = "none"  # none | nhwc_bgr (cv2 frames) | nchw_rgb (nvJPEG frames): also write export/model.uint8.onnx taking letterboxed uint8 frames, /255 and layout fused in the graph
+    trusted_models: tuple[str, ...] = ()  # sha256 allow-list of .pt files; when set, any other checkpoint is refused
 
     def __post_init__(self) -> None:
         check_positive("imgsz", self.imgsz)
@@ -187,6 +188,8 @@ def run(cfg: ExportConfig, run_dir: str | Path) -> ExportResult:
         if src.suffix == ".pt":
             # Unpickle once, and only the copy: export writes beside the checkpoint, inside the run folder.
             source["sha256"] = runs.sha256(src)
+            if cfg.trusted_models and source["sha256"] not in cfg.trusted_models:
+                raise ExportError(f"{src}: sha256 {source['sha256']} is not in trusted_models; add it if you trust this file")
             shutil.copy2(src, ckpt)
             model = load_model(ckpt, shown=src)
         else:

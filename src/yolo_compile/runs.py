@@ -285,6 +285,11 @@ def finish_manifest(run_dir: str | Path, status: str) -> dict:
     return manifest
 
 
+def utc_now() -> str:
+    """Return the current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class Timer:
     """Context manager measuring wall seconds in .seconds."""
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from . import STAGES, runs
+from . import STAGES, runs, stagecache
 from .config import build
 from .errors import ConfigError, WorkflowError
 
@@ -55,9 +57,9 @@ def load_workflow(name_or_path: str | Path) -> dict:
         known = ", ".join(sorted(p.stem for p in WORKFLOWS.glob("*.yaml")))
         raise WorkflowError(f"{name_or_path}: no such workflow file; use a path or one of: {known}")
     wf = yaml.safe_load(path.read_text()) or {}
-    unknown = set(wf) - {"name", "description", "stages", "params"}
+    unknown = set(wf) - {"name", "description", "stages", "params", "timeouts"}
     if unknown:
-        raise WorkflowError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected name, description, stages, params")
+        raise WorkflowError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected name, description, stages, params, timeouts")
     stages = wf.get("stages", list(STAGES))
     bad = [s for s in stages if s not in STAGES]
     if bad or list(stages) != sorted(stages, key=STAGES.index):
@@ -112,16 +114,21 @@ def _is_builtin_yaml(value: str) -> bool:
     return value.endswith((".yaml", ".yml")) and "/" not in value and not Path(value).exists()
 
 
-def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = None,
-                 artifacts: str | Path | None = None) -> tuple[Path, dict]:
-    """Execute a workflow's notebooks with papermill into a new run folder; return (run_dir, manifest)."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+DEFAULT_TIMEOUT_S = 3600  # per stage; a workflow's `timeouts: {stage: seconds}` overrides it
 
-    from .report import write_report
+
+def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = None,
+                 artifacts: str | Path | None = None, *, use_cache: bool = True, verbose: bool = False,
+                 on_stage=None) -> tuple[Path, dict]:
+    """Validate, then execute a workflow's notebooks into a new run folder; return (run_dir, manifest).
+
+    Nothing is created before every parameter, path, image folder and model file has been checked.
+    """
+    from . import validate
 
     wf = load_workflow(name_or_path)
     params = resolve_params(wf, overrides or {})
+    validate.check(wf, params)
     root = Path(artifacts) if artifacts else runs.REPO_ROOT / "artifacts" / "runs"
     model = Path(params["model"])
     fingerprint = {"workflow": wf["name"], "params": params,
@@ -129,29 +136,151 @@ def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     run_dir = runs.new_run_dir(root, fingerprint)
     inputs = {k: params[k] for k in PATH_PARAMS if params.get(k) and Path(params[k]).exists()}
     runs.init_manifest(run_dir, wf["name"], params, inputs)
+    manifest = runs.read_manifest(run_dir)
+    manifest.update(workflow_path=wf["path"], stage_list=wf["stages"], timeouts=wf.get("timeouts", {}))
+    runs.write_json(run_dir / runs.MANIFEST, manifest)
     log.info("run folder: %s", run_dir)
-    status = "passed"
-    for stage in wf["stages"]:
-        nb = notebook_for(stage)
-        out_nb = run_dir / nb.name
-        sp = {k: list(v) if isinstance(v, tuple) else v for k, v in stage_params(stage, params).items()}
-        runs.record_stage(run_dir, stage, status="running", notebook=nb.name, parameters=sp)
-        t0 = time.perf_counter()
+    return run_dir, _execute(run_dir, wf, params, use_cache=use_cache, verbose=verbose, on_stage=on_stage)
+
+
+def resume(run_dir: str | Path, *, use_cache: bool = True, verbose: bool = False, on_stage=None) -> tuple[Path, dict]:
+    """Finish a run in its own folder: keep stages whose key and output hashes still verify, redo the rest."""
+    run_dir = Path(run_dir).resolve()
+    manifest = runs.read_manifest(run_dir)
+    if not (run_dir / runs.MANIFEST).is_file() or "workflow_path" not in manifest:
+        raise WorkflowError(f"{run_dir}: not a run folder this version can resume (no manifest.json with workflow_path); "
+                            "start a new run with yolo-compile run")
+    wf = load_workflow(manifest["workflow_path"])
+    wf["stages"] = manifest.get("stage_list", wf["stages"])
+    wf["timeouts"] = manifest.get("timeouts", {})
+    params = {}
+    for stage in wf["stages"]:  # the recorded parameters, re-typed exactly as the first run typed them
+        cls = config_class(stage)
+        given = {k: v for k, v in manifest["parameters"].items() if k in {f.name for f in dataclasses.fields(cls)}}
+        cfg = build(cls, given)
+        params.update({k: getattr(cfg, k) for k in given})
+    from . import validate
+
+    validate.check(wf, params)
+    manifest.update(status="running", resumed_utc=runs.utc_now())
+    runs.write_json(run_dir / runs.MANIFEST, manifest)
+    return run_dir, _execute(run_dir, wf, params, use_cache=use_cache, verbose=verbose, on_stage=on_stage, resuming=True)
+
+
+def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose: bool, on_stage, resuming: bool = False) -> dict:
+    """Run (or keep, or restore from cache) each stage in order; finish the manifest and the report."""
+    from .report import write_report
+
+    cache = stagecache.StageCache(runs.cache_root(run_dir))
+    status, upstream = "passed", {}
+    with runs.file_lock(run_dir / ".lock"):
+        for stage in wf["stages"]:
+            sp = stage_params(stage, params)
+            key, _ = stagecache.stage_key(stage, sp, upstream)
+            prev = runs.read_manifest(run_dir)["stages"].get(stage, {})
+            t0 = time.perf_counter()
+            if resuming and prev.get("key") == key and prev.get("status") in ("passed", "skipped") and \
+                    not stagecache.changed_outputs(run_dir, prev.get("outputs", {})) and prev.get("outputs"):
+                info = {**prev, "kept": True}
+                runs.record_stage(run_dir, stage, kept=True)
+            else:
+                info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose)
+            info = {**info, "wall_seconds": round(time.perf_counter() - t0, 2), "run_dir": str(run_dir)}
+            touched = [f"{s}: {', '.join(bad)}" for s, outs in upstream.items()
+                       if (bad := stagecache.changed_outputs(run_dir, outs, rehash=False))]
+            if touched:
+                err = f"stage {stage} touched earlier stages' outputs ({'; '.join(touched)}); they are final once written"
+                runs.record_stage(run_dir, stage, status="failed", error=err)
+                log.error(err)
+                info.update(status="failed", error=err)
+            if on_stage:
+                on_stage(stage, info)
+            if info.get("status") == "failed":
+                status = "failed"
+                break
+            upstream[stage] = runs.read_manifest(run_dir)["stages"][stage]["outputs"]
+        for stage, outs in upstream.items():  # the end of the run: everything is re-hashed
+            bad = stagecache.changed_outputs(run_dir, outs)
+            if bad:
+                status = "failed"
+                runs.record_stage(run_dir, stage, integrity=f"changed after the stage ended: {', '.join(bad)}")
         try:
-            pm.execute_notebook(str(nb), str(out_nb), parameters={**sp, "run_dir": str(run_dir)},
-                                cwd=str(run_dir), progress_bar=False, log_output=False, kernel_name="python3")
-        except PapermillExecutionError as e:
-            status = "failed"
-            runs.record_stage(run_dir, stage, status="failed", seconds=round(time.perf_counter() - t0, 2),
-                              failed_cell=e.exec_count, error=f"{e.ename}: {e.evalue}")
-            log.error("stage %s failed in cell %s: %s: %s", stage, e.exec_count, e.ename, e.evalue)
-            break
+            write_report(run_dir, status)
+        except Exception as e:  # a report that cannot render must not hide the run's own verdict
+            log.error("report.html could not be written: %s: %s", type(e).__name__, e)
+        return runs.finish_manifest(run_dir, status)
+
+
+def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, verbose: bool) -> dict:
+    """Restore a stage from the cache or execute its notebook; record and return its manifest entry."""
+    nb = notebook_for(stage)
+    out_nb = run_dir / nb.name
+    jsp = {k: list(v) if isinstance(v, tuple) else v for k, v in sp.items()}
+    hit = cache.lookup(key) if cache else None
+    if hit:
+        cache.restore(hit, run_dir, stage, nb.name)
+        outputs = stagecache.output_hashes(run_dir, stage)
+        runs.make_read_only(run_dir / stage)
         res = runs.read_result(run_dir, stage)
-        runs.record_stage(run_dir, stage, status=res["status"], seconds=round(time.perf_counter() - t0, 2),
-                          stage_seconds=res.get("seconds"), reason=res.get("reason", ""))
-        log.info("stage %s: %s (%.1f s)", stage, res["status"], time.perf_counter() - t0)
-        if res["status"] == "failed":
-            status = "failed"
-            break
-    write_report(run_dir, status)
-    return run_dir, runs.finish_manifest(run_dir, status)
+        return runs.record_stage(run_dir, stage, status=res["status"], notebook=nb.name, parameters=jsp, key=key,
+                                 outputs=outputs, cached=True, cached_from=hit.get("run_dir", ""), seconds=0.0,
+                                 stage_seconds=res.get("seconds"), reason=res.get("reason", ""),
+                                 failed_cell=None, error=None)["stages"][stage]
+    shutil.rmtree(run_dir / stage, ignore_errors=True)  # a partial stage is redone from scratch
+    out_nb.unlink(missing_ok=True)
+    runs.record_stage(run_dir, stage, status="running", notebook=nb.name, parameters=jsp, key=key, cached=False,
+                      outputs={}, error=None, failed_cell=None)
+    timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
+    t0 = time.perf_counter()
+    error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose)
+    seconds = round(time.perf_counter() - t0, 2)
+    result_path = run_dir / stage / "result.json"
+    if error is None and not result_path.is_file():
+        error = (f"the notebook ended without writing {stage}/result.json (sys.exit, a killed kernel or an early "
+                 "return): the stage did not finish")
+    if error is not None:
+        log.error("stage %s failed%s: %s", stage, f" in cell {cell}" if cell else "", error)
+        return runs.record_stage(run_dir, stage, status="failed", seconds=seconds, failed_cell=cell,
+                                 error=error)["stages"][stage]
+    res = runs.read_result(run_dir, stage)
+    outputs = stagecache.output_hashes(run_dir, stage)
+    runs.make_read_only(run_dir / stage)
+    entry = runs.record_stage(run_dir, stage, status=res["status"], seconds=seconds, stage_seconds=res.get("seconds"),
+                              reason=res.get("reason", ""), outputs=outputs)["stages"][stage]
+    if cache and res["status"] != "failed":
+        try:
+            cache.store(key, run_dir, stage, out_nb, outputs, res)
+        except Exception as e:  # a full disk or a read-only cache costs speed next time, never this run
+            log.warning("stage %s not stored in the stage cache: %s", stage, e)
+    return entry
+
+
+def _execute_notebook(nb: Path, out_nb: Path, parameters: dict, run_dir: Path, timeout: int,
+                      verbose: bool) -> tuple[str | None, int | None]:
+    """Run one notebook with papermill; return (error or None, failing cell). A kernel that fails to start is retried once."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    for attempt in (1, 2):
+        try:
+            pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, cwd=str(run_dir), progress_bar=False,
+                                log_output=verbose, kernel_name="python3", execution_timeout=timeout,
+                                start_timeout=120)
+            return None, None
+        except PapermillExecutionError as e:
+            return f"{e.ename}: {e.evalue}", e.exec_count
+        except Exception as e:  # DeadKernelError, CellTimeoutError, a kernel that never started...
+            if attempt == 1 and not _any_cell_ran(out_nb):
+                log.warning("kernel for %s failed to start (%s: %s): retrying once", nb.name, type(e).__name__, e)
+                continue
+            kind = "timed out" if "Timeout" in type(e).__name__ else "died"
+            return f"kernel {kind} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})", None
+    return "unreachable", None
+
+
+def _any_cell_ran(out_nb: Path) -> bool:
+    try:
+        cells = json.loads(out_nb.read_text()).get("cells", [])
+    except (OSError, ValueError):
+        return False
+    return any(c.get("execution_count") for c in cells if c.get("cell_type") == "code")
