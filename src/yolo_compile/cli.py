@@ -58,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "matrix":
         return _matrix(args)
     try:
-        overrides = _parse_set(args.set)
-        for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
-            if value:
-                overrides[key] = value
         kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
         if args.cmd == "resume":
             run_dir, manifest = resume(args.run_dir, **kw)
         else:
+            overrides = _parse_set(args.set)
+            for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
+                if value:
+                    overrides[key] = value
             run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts, **kw)
     except CompileError as e:
         print(f"yolo-compile: {e}", file=sys.stderr)

@@ -133,6 +133,24 @@ def fix_image_size(onnx_path: Path, imgsz: int) -> None:
         onnx.save(slim, str(tmp))
 
 
+VOLATILE_METADATA = ("date",)  # Ultralytics stamps the export time: the same model would hash differently each run
+
+
+def drop_volatile_metadata(onnx_path: Path) -> None:
+    """Remove the export timestamp from the ONNX metadata, so the same checkpoint always exports the same bytes."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    props = [(p.key, p.value) for p in model.metadata_props if p.key not in VOLATILE_METADATA]
+    if len(props) == len(model.metadata_props):
+        return
+    del model.metadata_props[:]
+    for k, v in props:
+        model.metadata_props.add(key=k, value=v)
+    with runs.atomic_path(onnx_path) as tmp:
+        onnx.save(model, str(tmp))
+
+
 def fuse_uint8_input(src: str | Path, dst: str | Path, layout: str) -> Path:
     """Write dst: src with a uint8 frame input (nhwc_bgr or nchw_rgb) cast, reordered and divided by 255 in-graph.
 
@@ -204,6 +222,7 @@ def run(cfg: ExportConfig, run_dir: str | Path) -> ExportResult:
             os.replace(exported, onnx_path)
         if cfg.dynamic_batch:
             fix_image_size(onnx_path, cfg.imgsz)
+        drop_volatile_metadata(onnx_path)
         proto = onnx.load(str(onnx_path))
         onnx.checker.check_model(proto)
         inp, outp = proto.graph.input[0], proto.graph.output[0]

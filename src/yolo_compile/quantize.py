@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +201,19 @@ def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method:
     from modelopt.onnx.quantization import quantize
 
     shape = [1 if not isinstance(d, int) else d for d in exp["input_shape"]]
+    # ModelOpt's loader runs onnx.shape_inference.infer_shapes_path(src), which rewrites src in place: hand it a
+    # private copy so the export stage's model.onnx is never touched by a later stage.
+    private = tempfile.TemporaryDirectory(prefix="modelopt-src-")
+    src_copy = Path(private.name) / Path(src).name
+    shutil.copyfile(src, src_copy)
+    try:
+        _modelopt(quantize, src_copy, dst, data, exp, method, hp_dtype, shape, exclude, include, cache)
+    finally:
+        private.cleanup()
+    copy_metadata(src, dst)
+
+
+def _modelopt(quantize, src, dst, data, exp, method, hp_dtype, shape, exclude, include, cache) -> None:
     quantize(
         str(src), quantize_mode="int8", calibration_data=data, calibration_method=method,
         calibration_eps=["cpu"],  # ORT-CUDA calibration crashes for many users; CPU is exact and enough
@@ -207,7 +222,6 @@ def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method:
         nodes_to_exclude=exclude or None, nodes_to_quantize=include or None,
         high_precision_dtype=hp_dtype, output_path=str(dst), log_level="ERROR",
     )
-    copy_metadata(src, dst)
 
 
 def copy_metadata(src: Path, dst: Path) -> None:

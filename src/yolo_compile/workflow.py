@@ -114,6 +114,8 @@ def _is_builtin_yaml(value: str) -> bool:
     return value.endswith((".yaml", ".yml")) and "/" not in value and not Path(value).exists()
 
 
+# The kernel's own warnings (plain-TCP notice, debugger...) go to our stderr; the notebook keeps cell output.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 DEFAULT_TIMEOUT_S = 3600  # per stage; a workflow's `timeouts: {stage: seconds}` overrides it
 
 
@@ -265,7 +267,7 @@ def _execute_notebook(nb: Path, out_nb: Path, parameters: dict, run_dir: Path, t
         try:
             pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, cwd=str(run_dir), progress_bar=False,
                                 log_output=verbose, kernel_name="python3", execution_timeout=timeout,
-                                start_timeout=120)
+                                start_timeout=120, extra_arguments=KERNEL_ARGS)
             return None, None
         except PapermillExecutionError as e:
             return f"{e.ename}: {e.evalue}", e.exec_count
