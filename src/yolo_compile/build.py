@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs
+from . import runs, stagecache
 from .backends import CPU_BACKENDS
 from .config import check_choice, check_positive, resolve_target, tensorrt_available
 from .errors import BuildError
@@ -155,7 +155,8 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
             result = build_cpu(cfg, src, run_dir)
         else:
             ok, why = tensorrt_available()
-            cache = cfg.timing_cache or str(run_dir.parent / "timing.cache")  # shared by the runs beside this one
+            # shared by runs, but only by those with the same TensorRT version and GPU (stagecache.tensorrt_identity)
+            cache = cfg.timing_cache or str(stagecache.timing_cache_path(runs.cache_root(run_dir), stagecache.tensorrt_identity()))
             engine = run_dir / STAGE / "model.plan"
             cmds = tensorrt_commands(str(src), str(engine), exp["input_name"], int(exp["imgsz"]), cfg.batch_sizes, cache,
                                      cfg.hardware_compatibility, cfg.version_compatible)
@@ -164,7 +165,8 @@ def run(cfg: BuildConfig, run_dir: str | Path) -> BuildResult:
                 result = BuildResult(status="skipped", backend="none", target=target, reason=why, source_onnx=quant["onnx"],
                                      commands=cmds)
             else:
-                result = _build_tensorrt(cfg, src, engine, exp, quant, cache)
+                with runs.file_lock(f"{cache}.lock"):  # concurrent builds extend the shared timing cache in turn
+                    result = _build_tensorrt(cfg, src, engine, exp, quant, cache)
                 result.commands = cmds
     result.seconds = round(t.seconds, 2)
     runs.write_result(run_dir, STAGE, result)

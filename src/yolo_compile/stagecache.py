@@ -180,3 +180,47 @@ class StageCache:
                 os.rename(tmp, self.root / key)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- engines and TensorRT timing caches -----------------------------------------------------------------------
+def tensorrt_identity(trt_version: str | None = None, gpu: str | None = None, compute_capability: str | None = None) -> dict:
+    """Return what a TensorRT engine or timing cache is tied to: TensorRT version, GPU name, compute capability.
+
+    Values not given are read from the installed tensorrt and nvidia-smi (None where absent).
+    """
+    if trt_version is None:
+        trt_version = runs.tool_versions().get("tensorrt")
+    if gpu is None or compute_capability is None:
+        first = (runs.device_info().get("gpus") or [""])[0].split(",")
+        gpu = gpu if gpu is not None else (first[0].strip() or None)
+        compute_capability = compute_capability if compute_capability is not None else \
+            (first[-1].strip() if len(first) >= 4 else None)
+    return {"tensorrt": trt_version, "gpu": gpu, "compute_capability": compute_capability}
+
+
+def identity_key(identity: dict, model_sha256: str | None = None) -> str:
+    """Return the sha256 naming an engine (with the model hash) or a timing cache (without it) for this identity."""
+    return hashlib.sha256(json.dumps({**identity, "model": model_sha256}, sort_keys=True).encode()).hexdigest()
+
+
+def timing_cache_path(cache_root: str | Path, identity: dict) -> Path:
+    """Return the shared timing cache for one TensorRT version and GPU: a mismatched cache is never loaded."""
+    return Path(cache_root) / "tensorrt" / f"timing-{identity_key(identity)[:16]}.cache"
+
+
+def check_engine(path: str | Path, recorded: dict, identity: dict) -> None:
+    """Raise RunFolderError unless an engine file matches its manifest entry's hash and this TensorRT/GPU identity."""
+    from .errors import RunFolderError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"{path}: engine missing; rebuild it with the build stage")
+    digest = runs.sha256(path)
+    if digest != recorded.get("engine_sha256"):
+        raise RunFolderError(f"{path}: sha256 {digest[:16]} is not the one its manifest records "
+                             f"({str(recorded.get('engine_sha256'))[:16]}); an engine is executable code: rebuild it")
+    built = recorded.get("identity") or {}
+    diff = [f"{k} {built.get(k)} != {identity.get(k)}" for k in ("tensorrt", "gpu", "compute_capability")
+            if built.get(k) != identity.get(k)]
+    if diff:
+        raise RunFolderError(f"{path}: built for another TensorRT/GPU ({'; '.join(diff)}); rebuild it on this machine")
