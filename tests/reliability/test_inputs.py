@@ -174,21 +174,48 @@ class _Code:
         return "__import__('os').system('id')"
 
 
-def test_corrupt_and_truncated_onnx(tmp_path, quantized_run):
-    src = (quantized_run / "export" / "model.onnx").read_bytes()
+@pytest.fixture
+def small_onnx(tmp_path) -> Path:
+    """A one-conv ONNX model (opset 19) with real weights."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], [w])
+    path = tmp_path / "src" / "m.onnx"
+    path.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(path))
+    return path
+
+
+def test_corrupt_and_truncated_onnx(tmp_path, small_onnx):
+    src = small_onnx.read_bytes()
     (tmp_path / "t.onnx").write_bytes(src[: len(src) // 3])
     with pytest.raises(InputError, match="t.onnx"):
         validate.onnx_file(tmp_path / "t.onnx")
     (tmp_path / "z.onnx").write_bytes(b"")
     with pytest.raises(InputError, match="missing or empty"):
         validate.onnx_file(tmp_path / "z.onnx")
-    validate.onnx_file(quantized_run / "export" / "model.onnx")
+    validate.onnx_file(small_onnx)
 
 
-def test_onnx_with_missing_external_data(tmp_path, quantized_run):
+def test_onnx_with_unsupported_opset(tmp_path, small_onnx):
     import onnx
 
-    model = onnx.load(str(quantized_run / "export" / "model.onnx"))
+    model = onnx.load(str(small_onnx))
+    model.opset_import[0].version = 11
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    with pytest.raises(InputError, match="opset 11 is unsupported"):
+        validate.onnx_file(tmp_path / "old.onnx")
+
+
+def test_onnx_with_missing_external_data(tmp_path, small_onnx):
+    import onnx
+
+    model = onnx.load(str(small_onnx))
     onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
     (tmp_path / "ext.data").unlink()
     with pytest.raises(InputError, match="external data file ext.data is missing"):

@@ -1,0 +1,119 @@
+"""Honest completion (a notebook that ends early, dies or hangs fails the run), resume after SIGKILL, warm re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from yolo_compile import runs, workflow
+
+from conftest import IMGSZ
+
+CLI = [sys.executable, "-m", "yolo_compile.cli"]
+
+
+def _broken_export(tmp_path: Path, monkeypatch, body: str) -> Path:
+    """Point the workflow at a notebook folder whose export notebook runs `body` instead of the stage."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = nbformat.read(workflow.notebook_for("export"), as_version=4)
+    nb.cells = [nb.cells[1], nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, folder / "01_export.ipynb")
+    monkeypatch.setattr(workflow, "NOTEBOOKS", folder)
+    wf = tmp_path / "export_only.yaml"
+    wf.write_text("stages: [export]\ntimeouts: {export: 8}\n")
+    return wf
+
+
+def _run_broken(tmp_path, monkeypatch, tiny_checkpoint, body, eval_dir):
+    wf = _broken_export(tmp_path, monkeypatch, body)
+    run_dir, manifest = workflow.run_workflow(wf, {"model": str(tiny_checkpoint), "imgsz": IMGSZ, "eval_dir": str(eval_dir)},
+                                              tmp_path / "runs", use_cache=False)
+    assert manifest["status"] == "failed"
+    assert (run_dir / "01_export.ipynb").is_file() and (run_dir / "report.html").is_file()
+    assert not (run_dir / "export" / "result.json").exists()
+    return manifest["stages"]["export"]
+
+
+def test_sys_exit_in_a_notebook_fails_the_run(tmp_path, monkeypatch, tiny_checkpoint, image_sets):
+    stage = _run_broken(tmp_path, monkeypatch, tiny_checkpoint, "import sys\nsys.exit(0)", image_sets["eval"])
+    assert stage["status"] == "failed" and "without writing export/result.json" in stage["error"]
+
+
+@pytest.mark.slow
+def test_kernel_death_fails_the_run(tmp_path, monkeypatch, tiny_checkpoint, image_sets):
+    stage = _run_broken(tmp_path, monkeypatch, tiny_checkpoint, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+                       image_sets["eval"])
+    assert stage["status"] == "failed" and "kernel died" in stage["error"]
+
+
+@pytest.mark.slow
+def test_stage_timeout_fails_the_run(tmp_path, monkeypatch, tiny_checkpoint, image_sets):
+    stage = _run_broken(tmp_path, monkeypatch, tiny_checkpoint, "import time\ntime.sleep(60)", image_sets["eval"])
+    assert stage["status"] == "failed" and "timed out" in stage["error"]
+
+
+def _args(tiny_checkpoint, image_sets, artifacts):
+    return ["--model", str(tiny_checkpoint), "--calib", str(image_sets["calib"]), "--eval", str(image_sets["eval"]),
+            "--set", f"imgsz={IMGSZ}", "--set", "batch_sizes=1", "--set", "max_seconds=0.3",
+            "--set", f"data={image_sets['data']}", "--set", "recipes=false", "--set", "sensitivity=false",
+            "--artifacts", str(artifacts)]
+
+
+@pytest.mark.slow
+def test_sigkill_in_quantize_then_resume_gives_the_same_model(tmp_path, tiny_checkpoint, image_sets):
+    env = {**os.environ, "YOLO_COMPILE_CACHE": str(tmp_path / "cache")}
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("stages: [export, calibrate, quantize, compare]\nparams: {recipe: mixed}\n")
+    full = subprocess.run([*CLI, "run", str(wf), *_args(tiny_checkpoint, image_sets, tmp_path / "a"), "--no-cache"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([*CLI, "run", str(wf), *_args(tiny_checkpoint, image_sets, tmp_path / "b"), "--no-cache"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        time.sleep(0.5)
+        found = list((tmp_path / "b").glob("*/manifest.json"))
+        if found and json.loads(found[0].read_text())["stages"].get("quantize", {}).get("status") == "running":
+            time.sleep(3)  # inside the quantize kernel
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_b = found[0].parent
+    assert json.loads(found[0].read_text())["status"] == "running"
+    assert not (run_b / "quantize" / "result.json").exists()
+    resumed = subprocess.run([*CLI, "resume", str(run_b), "--no-cache"], capture_output=True, text=True, env=env, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "export     passed (kept)" in resumed.stdout and "calibrate  passed (kept)" in resumed.stdout
+    run_a = next((tmp_path / "a").iterdir())
+    qa = json.loads((run_a / "quantize" / "result.json").read_text())
+    qb = json.loads((run_b / "quantize" / "result.json").read_text())
+    assert qa["onnx_sha256"] == qb["onnx_sha256"]
+    assert json.loads((run_b / "manifest.json").read_text())["status"] == "passed"
+
+
+@pytest.mark.slow
+def test_warm_rerun_reuses_every_stage(tmp_path, tiny_checkpoint, image_sets):
+    env = {**os.environ, "YOLO_COMPILE_CACHE": str(tmp_path / "cache")}
+    args = [*CLI, "run", "default", *_args(tiny_checkpoint, image_sets, tmp_path / "runs")]
+    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr
+    t0 = time.perf_counter()
+    second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("(cached)") == 6, second.stdout
+    assert "WARNING" not in second.stderr and "TCP" not in first.stderr
+    run = sorted((tmp_path / "runs").iterdir())[-1]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert all(s["cached"] for s in manifest["stages"].values())
+    assert time.perf_counter() - t0 < 60
+    assert not os.access(run / "export" / "model.onnx", os.W_OK) or os.geteuid() == 0
+    assert runs.sha256(run / "export" / "model.onnx") == manifest["stages"]["export"]["outputs"]["export/model.onnx"]["sha256"]
