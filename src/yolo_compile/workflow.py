@@ -188,6 +188,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
             else:
                 info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose)
             info = {**info, "wall_seconds": round(time.perf_counter() - t0, 2), "run_dir": str(run_dir)}
+            runs.record_stage(run_dir, stage, wall_seconds=info["wall_seconds"])
             touched = [f"{s}: {', '.join(bad)}" for s, outs in upstream.items()
                        if (bad := stagecache.changed_outputs(run_dir, outs, rehash=False))]
             if touched:

@@ -1,0 +1,107 @@
+"""Wall time per stage, cold and warm, and the notebook chain's overhead (papermill vs direct calls).
+
+    python bench/compile_time.py                 # the default compile of the reference detector
+    python bench/compile_time.py --tiny          # a tiny YOLOv8n at 64 px (quick plumbing check)
+    python bench/compile_time.py -- --set study=off   # anything after -- goes to `yolo-compile run`
+
+Cold: an empty stage and tensor cache. Warm: the same command again (every stage from the stage cache).
+Direct: the same stages called from this Python process (config + stage.run) into another run folder, with
+its own empty cache. Overhead = (cold through papermill - direct) / direct; goal <= 15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, table, tiny_args  # noqa: E402
+
+
+def cli_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> tuple[float, dict, str]:
+    env = {**os.environ, "YOLO_COMPILE_CACHE": str(cache), "PYTHONPATH": str(REPO / "src")}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "yolo_compile.cli", "run", workflow, *args, "--artifacts", str(artifacts)],
+                         capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if out.returncode not in (0, 1):
+        sys.exit(f"compile refused: {out.stderr.strip()}")
+    run = sorted(p for p in artifacts.iterdir() if p.is_dir())[-1]
+    return wall, json.loads((run / "manifest.json").read_text()), out.stdout
+
+
+def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> tuple[float, dict]:
+    """Run the same stages in this process: no kernels, no notebooks."""
+    os.environ["YOLO_COMPILE_CACHE"] = str(cache)
+    sys.path.insert(0, str(REPO / "src"))
+    import importlib
+
+    from yolo_compile import cli, runs
+    from yolo_compile.config import build
+    from yolo_compile.workflow import config_class, load_workflow, resolve_params, stage_params
+
+    ns = argparse.Namespace(set=[], model=None, calib=None, eval=None)
+    it = iter(args)
+    for a in it:
+        if a == "--set":
+            ns.set.append(next(it))
+        elif a in ("--model", "--calib", "--eval"):
+            setattr(ns, a[2:], next(it))
+    overrides = cli._parse_set(ns.set)
+    overrides.update({k: v for k, v in (("model", ns.model), ("calib_dir", ns.calib), ("eval_dir", ns.eval)) if v})
+    wf = load_workflow(workflow)
+    params = resolve_params(wf, overrides)
+    run_dir = runs.new_run_dir(artifacts, {"direct": True})
+    times = {}
+    t0 = time.perf_counter()
+    for stage in wf["stages"]:
+        t = time.perf_counter()
+        mod = importlib.import_module(f"yolo_compile.{stage}")
+        res = mod.run(build(config_class(stage), stage_params(stage, params)), run_dir)
+        times[stage] = round(time.perf_counter() - t, 2)
+        if getattr(res, "status", "") == "failed":
+            break
+    return time.perf_counter() - t0, times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workflow", default="default")
+    ap.add_argument("--tiny", action="store_true", help="a tiny YOLOv8n at 64 px instead of the reference detector")
+    ap.add_argument("--no-direct", action="store_true", help="skip the direct (no papermill) run")
+    ap.add_argument("rest", nargs="*", help="after --: extra `yolo-compile run` arguments")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-compile-"))
+    args = (tiny_args(tmp / "inputs") if a.tiny else []) + a.rest
+    cold_wall, cold, _ = cli_run(a.workflow, args, tmp / "runs", tmp / "cache")
+    warm_wall, warm, warm_out = cli_run(a.workflow, args, tmp / "runs", tmp / "cache")
+    direct_total, direct = (None, {}) if a.no_direct else direct_run(a.workflow, args, tmp / "direct", tmp / "cache-direct")
+    rows = []
+    for stage, info in cold["stages"].items():
+        w = warm["stages"].get(stage, {})
+        rows.append([stage, info.get("status"), f"{info.get('wall_seconds', info.get('seconds', 0)):.1f}",
+                     f"{w.get('wall_seconds', w.get('seconds', 0)):.1f}" + (" (cached)" if w.get("cached") else ""),
+                     f"{direct[stage]:.1f}" if stage in direct else "-"])
+    cold_stages = sum(s.get("wall_seconds", s.get("seconds", 0)) for s in cold["stages"].values())
+    rows.append(["all stages", cold["status"], f"{cold_stages:.1f}",
+                 f"{sum(s.get('wall_seconds', 0) for s in warm['stages'].values()):.1f}",
+                 f"{direct_total:.1f}" if direct_total else "-"])
+    rows.append(["command wall", "", f"{cold_wall:.1f}", f"{warm_wall:.1f}", ""])
+    print(table(rows, ["stage", "status", "cold s", "warm s", "direct s"]))
+    print(f"\nwarm re-run: {warm_wall:.1f} s wall (goal <= 10 s): {'met' if warm_wall <= 10 else 'missed'}")
+    if direct_total:
+        ratio = cold_stages / direct_total
+        print(f"notebook chain overhead: papermill {cold_stages:.1f} s / direct {direct_total:.1f} s = {ratio:.2f}x "
+              f"({(ratio - 1) * 100:+.0f} %, goal <= +15 %)")
+    print(f"machine: {os.cpu_count()} cores; folders under {tmp}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
