@@ -45,14 +45,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (created if absent) for the block: runs sharing a cache wait."""
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (created if absent) for the block: runs sharing a cache wait.
+
+    With wait=False a lock held elsewhere raises RunFolderError at once instead.
+    """
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise RunFolderError(f"{path.parent}: in use by another yolo-compile process; wait for it to end") from None
         try:
             yield
         finally:

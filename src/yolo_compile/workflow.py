@@ -175,7 +175,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
 
     cache = stagecache.StageCache(runs.cache_root(run_dir))
     status, upstream = "passed", {}
-    with runs.file_lock(run_dir / ".lock"):
+    with runs.file_lock(run_dir / ".lock", wait=False):
         for stage in wf["stages"]:
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
