@@ -159,13 +159,15 @@ def new_run_dir(root: str | Path, fingerprint: dict) -> Path:
     """Create and return artifacts/runs/<utc time>-<short hash of config + model>/."""
     digest = hashlib.sha256(json.dumps(to_jsonable(fingerprint), sort_keys=True).encode()).hexdigest()[:8]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_dir = Path(root) / f"{stamp}-{digest}"
-    suffix = 1
-    while run_dir.exists():
-        run_dir = Path(root) / f"{stamp}-{digest}-{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
-    return run_dir
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for suffix in range(10_000):  # mkdir is the claim: two runs started in the same second never share a folder
+        run_dir = Path(root) / (f"{stamp}-{digest}" + (f"-{suffix}" if suffix else ""))
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            continue
+    raise RunFolderError(f"{root}: could not claim a new run folder for {stamp}-{digest}")
 
 
 def tool_versions() -> dict[str, str | None]:
