@@ -226,13 +226,13 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
         runs.make_read_only(run_dir / stage)
         res = runs.read_result(run_dir, stage)
         return runs.record_stage(run_dir, stage, status=res["status"], notebook=nb.name, parameters=jsp, key=key,
-                                 outputs=outputs, cached=True, cached_from=hit.get("run_dir", ""), seconds=0.0,
+                                 outputs=outputs, cached=True, kept=False, cached_from=hit.get("run_dir", ""), seconds=0.0,
                                  stage_seconds=res.get("seconds"), reason=res.get("reason", ""),
                                  failed_cell=None, error=None)["stages"][stage]
     shutil.rmtree(run_dir / stage, ignore_errors=True)  # a partial stage is redone from scratch
     out_nb.unlink(missing_ok=True)
     runs.record_stage(run_dir, stage, status="running", notebook=nb.name, parameters=jsp, key=key, cached=False,
-                      outputs={}, error=None, failed_cell=None)
+                      kept=False, outputs={}, error=None, failed_cell=None)
     timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
     t0 = time.perf_counter()
     error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose)
