@@ -40,8 +40,6 @@ def check(wf: dict, params: dict[str, Any]) -> None:
         for v in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(v, str) and "\0" in v:
                 raise InputError(f"parameter '{name}': contains a NUL byte; give a plain value")
-    for stage in wf["stages"]:
-        injected_cell_is_literal(stage_params(stage, params))
     stages = wf["stages"]
     if "export" in stages:
         model_file(Path(params["model"]), params.get("trusted_models", ()))
@@ -54,6 +52,8 @@ def check(wf: dict, params: dict[str, Any]) -> None:
             data_yaml(Path(params["data"]))
     if params.get("keep_float") and str(params["keep_float"]).endswith(".json") and not Path(params["keep_float"]).is_file():
         raise InputError(f"parameter 'keep_float' = {params['keep_float']}: no such file; pass an existing recipe .json")
+    for stage in wf["stages"]:  # last: it imports papermill (seconds on a busy machine)
+        injected_cell_is_literal(stage_params(stage, params))
 
 
 def injected_cell_is_literal(params: dict[str, Any]) -> None:
