@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
-.PHONY: setup compile compile-tensorrt test test-all bench bench-cpu notebooks clean
+.PHONY: setup compile compile-tensorrt test test-all bench bench-cpu notebooks clean test-reliability bench-reliability
 
 setup: $(VENV)/.installed
 
@@ -36,3 +36,10 @@ notebooks: setup  ## regenerate notebooks/ from the stage configs
 
 clean:
 	rm -rf artifacts/runs
+
+test-reliability: setup  ## bad inputs, bad images, honest completion, resume after SIGKILL, stage cache (slow ones included)
+	$(VENV)/bin/pytest -q -m '' tests/reliability
+
+bench-reliability: setup  ## warm/cold compile time, notebook overhead, 4 concurrent + 20 sequential compiles
+	$(PY) bench/compile_time.py
+	$(PY) bench/load.py
