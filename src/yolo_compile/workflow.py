@@ -248,8 +248,12 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     res = runs.read_result(run_dir, stage)
     outputs = stagecache.output_hashes(run_dir, stage)
     runs.make_read_only(run_dir / stage)
+    skipped = [f for f in res.get("skipped", []) if isinstance(f, dict) and "file" in f]  # input files it could not use
+    if skipped:
+        log.warning("stage %s skipped %d input file(s): %s", stage, len(skipped),
+                    ", ".join(f"{f['file']} ({f.get('reason', '')})" for f in skipped[:5]))
     entry = runs.record_stage(run_dir, stage, status=res["status"], seconds=seconds, stage_seconds=res.get("seconds"),
-                              reason=res.get("reason", ""), outputs=outputs)["stages"][stage]
+                              reason=res.get("reason", ""), outputs=outputs, skipped_files=skipped)["stages"][stage]
     if cache and res["status"] != "failed":
         try:
             cache.store(key, run_dir, stage, out_nb, outputs, res)
