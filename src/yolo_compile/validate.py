@@ -52,8 +52,28 @@ def check(wf: dict, params: dict[str, Any]) -> None:
             data_yaml(Path(params["data"]))
     if params.get("keep_float") and str(params["keep_float"]).endswith(".json") and not Path(params["keep_float"]).is_file():
         raise InputError(f"parameter 'keep_float' = {params['keep_float']}: no such file; pass an existing recipe .json")
-    for stage in wf["stages"]:  # last: it imports papermill (seconds on a busy machine)
-        injected_cell_is_literal(stage_params(stage, params))
+    for stage in wf["stages"]:
+        plain_parameters(stage_params(stage, params))
+
+
+PLAIN = (str, int, float, bool, type(None))
+
+
+def plain_parameters(params: dict[str, Any]) -> None:
+    """Raise InputError unless every name is an identifier and every value a plain literal (or a list of them).
+
+    These are exactly the values papermill's Python translator writes as quoted literals (tests run the real
+    translator on hostile strings through injected_cell_is_literal); checking types here keeps validation free
+    of papermill's import, which costs seconds a warm re-run does not otherwise pay.
+    """
+    import keyword
+
+    for name, value in params.items():
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise InputError(f"parameter name {name!r} is not a Python identifier; it would be pasted into the notebook as code")
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, PLAIN) for v in items):
+            raise InputError(f"parameter '{name}': {type(value).__name__} values are not allowed; give text, numbers, true/false or a list")
 
 
 def injected_cell_is_literal(params: dict[str, Any]) -> None:

@@ -165,6 +165,10 @@ def test_a_parameter_value_cannot_become_code():
     validate.injected_cell_is_literal({"calib_dir": _Code()})  # papermill stringifies and quotes any object
     with pytest.raises(InputError, match="would become code"):  # names are pasted unescaped: the check catches it
         validate.injected_cell_is_literal({"x; import os; y": 1})
+    with pytest.raises(InputError, match="not a Python identifier"):  # what validation runs, without papermill
+        validate.plain_parameters({"x; import os; y": 1})
+    with pytest.raises(InputError, match="not allowed"):
+        validate.plain_parameters({"calib_dir": _Code()})
 
 
 class _Code:
