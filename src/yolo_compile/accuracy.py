@@ -157,3 +157,49 @@ def _match(boxes: np.ndarray, pcls: np.ndarray, gt: np.ndarray, gcls: np.ndarray
         correct[j] = avail[k, range(len(iouv))] >= iouv
         claimed[k, range(len(iouv))] |= correct[j]
     return correct
+
+
+class Scorer:
+    """Scores quantized candidates against FP32 on one image set: mAP drop on labels, or agreement without them.
+
+    With a labeled split, a candidate's figure is its mAP50-95 drop from FP32 in points. Without labels, FP32's
+    own confident detections are the labels (agreement with FP32, label-free), and the figure is the same kind
+    of drop. Detections are kept per model so that two candidates' difference gets a paired bootstrap noise.
+    """
+
+    def __init__(self, fp32: Path, array: np.ndarray, size: int, names: dict, *, split: LabeledSplit | None = None,
+                 backend: str = "onnxruntime", conf: float = 0.25):
+        self.array, self.size, self.names, self.split = array, size, names, split
+        self.backend, self.conf = backend, conf
+        self.kind = "map50_95 drop on labels" if split is not None else "label-free: agreement with FP32 (mAP50-95 against FP32's detections)"
+        self.dets: dict[str, list[Detections]] = {}
+        self.ref = self.predict(fp32, "fp32")
+        self.base = self.value(self.ref, range(len(array)))
+
+    def predict(self, path: Path, label: str) -> list[Detections]:
+        """Return (and keep under label) one model's detections on the image set."""
+        self.dets[label] = predict(path, self.array, desc=f"score {label}", backend=self.backend)
+        return self.dets[label]
+
+    def value(self, dets: list[Detections], idx) -> float:
+        """Return mAP50-95 x 100 of dets over the images idx (against labels, or against FP32's detections)."""
+        idx = list(idx)
+        if self.split is not None:
+            sub = LabeledSplit([self.split.images[i] for i in idx], [self.split.labels[i] for i in idx],
+                               [self.split.shapes[i] for i in idx])
+            return 100 * (evaluate([dets[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0)
+        return 100 * agreement_map([self.ref[i] for i in idx], [dets[i] for i in idx], self.conf)
+
+    def score(self, path: Path, label: str) -> float:
+        """Return the candidate's drop from FP32 in points (smaller is better)."""
+        return round(self.base - self.value(self.predict(path, label), range(len(self.array))), 3)
+
+    def noise(self, a: str, b: str, rounds: int = 40, seed: int = 0) -> float:
+        """Return the paired-bootstrap standard deviation (over images) of the drop difference between a and b."""
+        rng = np.random.default_rng(seed)
+        n = len(self.array)
+        diffs = []
+        for _ in range(rounds):
+            idx = rng.integers(0, n, n)
+            diffs.append(self.value(self.dets[a], idx) - self.value(self.dets[b], idx))
+        return round(float(np.std(diffs)), 3)

@@ -13,26 +13,38 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images, runs
+from . import images, runs, scales
 from .config import check_choice, resolve_target
 from .errors import QuantizeError
 
 log = logging.getLogger(__name__)
 STAGE = "quantize"
 RECIPES = ("mixed", "int8", "float")
-METHODS = ("entropy", "max")
+METHODS = ("auto", "entropy", "max", "percentile")
+QUANTIZERS = ("auto", "modelopt", "nncf")
+# calibration_method -> the scale methods tried (scales.METHODS); auto tries them all and measures
+CANDIDATE_METHODS = {"auto": ("max", "entropy", "percentile-99.99", "percentile-99.999"), "entropy": ("entropy",),
+                     "max": ("max",), "percentile": ("percentile-99.99",)}
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     target: str = "auto"  # tensorrt | cpu | auto: the head's float type follows it (FP16 for TensorRT, FP32 for CPU)
     recipe: str = "mixed"  # mixed: INT8 with float head and stem conv; int8: all INT8; float: no INT8 (the baseline)
-    calibration_method: str = "entropy"  # entropy | max
+    calibration_method: str = "auto"  # auto (measure max, entropy, percentile; keep the best) | entropy | max | percentile
+    quantizer: str = "auto"  # auto (CPU targets: ModelOpt and NNCF measured; TensorRT: ModelOpt) | modelopt | nncf
     keep_float: str = ""  # more nodes kept float: a compare/nodes_to_exclude.json from a recipe search, or regexes
+    data: str = ""  # labeled split (Ultralytics data.yaml) scoring the candidates by mAP drop; empty: label-free
+    eval_dir: str = ""  # held-out images for the label-free score when data is empty
+    score_images: int = 0  # how many labeled (or held-out) images score a candidate; 0 means all
 
     def __post_init__(self) -> None:
         check_choice("recipe", self.recipe, RECIPES)
         check_choice("calibration_method", self.calibration_method, METHODS)
+        check_choice("quantizer", self.quantizer, QUANTIZERS)
+        if self.quantizer == "nncf" and resolve_target(self.target) == "tensorrt":
+            raise QuantizeError("quantizer=nncf writes asymmetric activations that TensorRT does not build; "
+                                "use quantizer=modelopt (or auto) with target=tensorrt")
         resolve_target(self.target)  # validates the name
         self.extra_exclude()  # fails early on a missing file or a bad regex
 
@@ -71,6 +83,11 @@ class QuantizeResult:
     quantized_nodes: list = field(default_factory=list)  # compute nodes fed by DequantizeLinear
     head_nodes: list = field(default_factory=list)  # nodes of the detection head kept in float
     stem_nodes: list = field(default_factory=list)  # the conv reading raw pixels, kept in float by 'mixed'
+    quantizer: str = "modelopt"
+    candidates: list = field(default_factory=list)  # every candidate: quantizer, calibration, drop, seconds
+    chosen: dict = field(default_factory=dict)  # the winner, the score it won on, the noise, and why
+    weights_int8: int = 0  # weight initializers stored as INT8 (DequantizeLinear only)
+    size_ratio: float = 0.0  # onnx_bytes / fp32_bytes
     seconds: float = 0.0
 
 
@@ -144,7 +161,10 @@ def check_recipe(recipe: str, ops: Counter, quantized: list[str], head: HeadNode
 
 
 def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
-    """Quantize run_dir/export/model.onnx with the calibration array into run_dir/quantize/model.quant.onnx."""
+    """Quantize run_dir/export/model.onnx into run_dir/quantize/model.quant.onnx, choosing by measurement.
+
+    The FP32 model is copied into a temporary folder first: no quantizer writes next to an earlier stage's file.
+    """
     import onnx
 
     exp = runs.require_passed(run_dir, "export")
@@ -158,27 +178,36 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
     # head (1.29 -> 0.47 when kept float), the second most sensitive group after the DFL; it is 1 conv of 64.
     stem = find_stem(graph, exp["input_name"]) if cfg.recipe == "mixed" else ()
     out = runs.stage_dir(run_dir, STAGE) / "model.quant.onnx"
-    n_images = 0
-    with runs.Timer() as t, runs.atomic_path(out) as tmp:
+    n_images, candidates, chosen, quantizer, method, w8 = 0, [], {}, "none", "none", 0
+    with runs.Timer() as t, tempfile.TemporaryDirectory(prefix="yolo-quantize-") as tmpdir, runs.atomic_path(out) as tmp:
+        work = Path(tmpdir)
+        src = work / "model.onnx"
+        shutil.copyfile(fp32, src)
         if cfg.recipe == "float":
-            convert_float(fp32, tmp, hp_dtype)
+            convert_float(src, tmp, hp_dtype)
         else:
             cal = runs.require_passed(run_dir, "calibrate")
             data = _calibration_array(run_dir / cal["array"])
             n_images = int(data.shape[0])
-            exclude = [re.escape(n) + "$" for n in head.kept_float + stem] if cfg.recipe == "mixed" else []
-            exclude += cfg.extra_exclude()
-            log.info("ModelOpt INT8 PTQ: %s calibration on %d images, %d head nodes kept in %s",
-                     cfg.calibration_method, n_images, len(exclude), hp_dtype)
-            modelopt_quantize(fp32, tmp, data, exp, cfg.calibration_method, hp_dtype, exclude=exclude)
+            kept = head.kept_float + stem if cfg.recipe == "mixed" else ()
+            exclude = [re.escape(n) + "$" for n in kept] + cfg.extra_exclude()
+            from .candidates import Search
+
+            search = Search(cfg, run_dir, exp, src, work, data, exclude, list(kept), hp_dtype, target)
+            best = search.run()
+            candidates, chosen = search.rows, search.chosen
+            quantizer, method = best["quantizer"], best["calibration"]
+            w8 = scales.int8_weights(work / best["file"], tmp)["weights_int8"]
+            copy_metadata(fp32, tmp)
         ops, quantized = inspect_qdq(tmp)
         check_recipe(cfg.recipe, ops, quantized, head, out, stem)
     result = QuantizeResult(
         status="passed", onnx=f"{STAGE}/{out.name}", onnx_sha256=runs.sha256(out), onnx_bytes=out.stat().st_size,
-        fp32_bytes=fp32.stat().st_size, target=target, recipe=cfg.recipe, calibration_method=cfg.calibration_method,
+        fp32_bytes=fp32.stat().st_size, target=target, recipe=cfg.recipe, calibration_method=method,
         high_precision_dtype=hp_dtype, calibration_images=n_images, op_counts=dict(ops.most_common()),
         quantized_nodes=quantized, head_nodes=list(head.kept_float) if cfg.recipe == "mixed" else [], stem_nodes=list(stem),
-        seconds=round(t.seconds, 2),
+        quantizer=quantizer, candidates=candidates, chosen=chosen, weights_int8=w8,
+        size_ratio=round(out.stat().st_size / fp32.stat().st_size, 4), seconds=round(t.seconds, 2),
     )
     runs.write_result(run_dir, STAGE, result)
     return result
@@ -191,7 +220,7 @@ def _calibration_array(path: Path) -> np.ndarray:
     data = np.load(path, mmap_mode="r")
     if data.ndim != 4 or data.shape[0] == 0:
         raise QuantizeError(f"{path}: calibration array has shape {data.shape}; expected (N>0, 3, H, W) real images")
-    return images.to_float(data) if data.dtype == np.uint8 else data  # the shared cache holds uint8 tensors
+    return data  # uint8 from the shared cache (or float32): every consumer converts one batch at a time
 
 
 def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method: str, hp_dtype: str, *,
@@ -203,6 +232,7 @@ def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method:
     shape = [1 if not isinstance(d, int) else d for d in exp["input_shape"]]
     # ModelOpt's loader runs onnx.shape_inference.infer_shapes_path(src), which rewrites src in place: hand it a
     # private copy so the export stage's model.onnx is never touched by a later stage.
+    data = images.to_float(data)  # callers pass a few images (placement) or a small set: never the whole cache
     private = tempfile.TemporaryDirectory(prefix="modelopt-src-")
     src_copy = Path(private.name) / Path(src).name
     shutil.copyfile(src, src_copy)
