@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 TITLES = {
     "export": "Export: Ultralytics .pt -> ONNX (static image size, opset >= 17, simplified)",
     "calibrate": "Calibrate: the calibration set, preprocessed exactly as inference does (memory-mapped)",
-    "quantize": "Quantize: ModelOpt ONNX PTQ, INT8 backbone/neck, detection head kept in float",
+    "quantize": "Quantize: INT8 backbone/neck, head in float; calibration and quantizer (ModelOpt, NNCF) chosen by measured mAP",
     "compare": "Compare: Polygraphy runs FP32 vs quantized on held-out images; boxes and scores gated apart",
     "build": "Build: TensorRT (strongly typed, via Polygraphy) or the faster verified CPU engine (OpenVINO IR or ONNX Runtime)",
     "throughput": "Throughput: latency and images/s of the engine and the FP32 baseline, batch sweep",

@@ -104,7 +104,7 @@ def quantized_run(tmp_path_factory, image_sets, tiny_checkpoint) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     export.run(export.ExportConfig(model=str(tiny_checkpoint), imgsz=IMGSZ), run_dir)
     calibrate.run(calibrate.CalibrateConfig(calib_dir=str(image_sets["calib"]), calib_images=8), run_dir)
-    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="mixed"), run_dir)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="mixed", calibration_method="max", quantizer="modelopt"), run_dir)
     return run_dir
 
 

@@ -53,8 +53,8 @@ class Search:
         modelopt_quantize(self.src, template, self.data[:1], self.exp, "max", self.hp_dtype, exclude=self.exclude)
         t1 = time.perf_counter()
         stats = scales.collect(self.src, list(scales.activation_qdq(template)), self.data)
+        stats.save(runs.stage_dir(self.run_dir, "quantize") / "activations.npz")  # per tensor: the study merges its own groups
         stats = scales.merged(stats, scales.shared_groups(self.src, template))
-        stats.save(runs.stage_dir(self.run_dir, "quantize") / "activations.npz")
         t2 = time.perf_counter()
         log.info("ModelOpt placement %.1f s, activation statistics on %d images %.1f s", t1 - t0, len(self.data), t2 - t1)
         self.template, self.stats = template, stats

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from . import images, runs
-from .config import check_positive
+from .config import check_choice, check_positive
 from .errors import CompareError, RunFolderError
 
 log = logging.getLogger(__name__)
 STAGE = "compare"
+STUDY_MODES = ("auto", "full", "off")
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,7 @@ class CompareConfig:
     data: str = ""  # labeled split (Ultralytics data.yaml) for mAP; empty skips task accuracy
     map_images: int = 0  # how many labeled images to evaluate; 0 means all
     map_drop_max: float = 1.0  # gate: largest allowed mAP50-95 drop, in points (0.01 mAP)
-    recipes: bool = True  # also measure all-INT8 and FP16-only side by side (needs data)
-    sensitivity: bool = True  # rank layer groups and search the smallest float set that passes the gate
+    study: str = "auto"  # auto: recipes, sensitivity and recipe search only when the gate fails | full: always | off
     search_steps: int = 6  # most groups the recipe search keeps in float before giving up
     calib_sweep: tuple[int, ...] = ()  # calibration sizes to compare, e.g. 32,64,128 (each re-calibrates)
 
@@ -37,6 +37,7 @@ class CompareConfig:
         check_positive("box_atol", self.box_atol)
         check_positive("score_atol", self.score_atol)
         check_positive("map_drop_max", self.map_drop_max)
+        check_choice("study", self.study, STUDY_MODES)
         if any(n < 1 for n in self.calib_sweep):
             raise CompareError(f"parameter 'calib_sweep' = {self.calib_sweep}: sizes must be positive")
 
@@ -56,6 +57,8 @@ class CompareResult:
     sensitivity: dict = field(default_factory=dict)  # ranked groups, recipe search, nodes_to_exclude
     calib_sweep: list = field(default_factory=list)
     skipped: list = field(default_factory=list)  # parts of the study not run, with the reason
+    verified_backends: list = field(default_factory=list)  # runtimes on which the quantized model was checked
+    verification: dict = field(default_factory=dict)  # backend -> what was checked on it
     plot: str = ""
     plots: list = field(default_factory=list)
     seconds: float = 0.0
@@ -143,7 +146,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, CompareFunc
 
-    from . import diagnostics
+    from . import study as study_mod
     from .detections import agreement, decode
 
     run_dir = Path(run_dir)
@@ -174,12 +177,18 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         raw = [np.concatenate([np.asarray(it[exp["output_name"]]) for it in iters]) for _, iters in results]
         agree = agreement([decode(o, conf=cfg.conf) for o in raw[0]], [decode(o, conf=cfg.conf) for o in raw[1]],
                           names, conf=cfg.conf)
-        study = diagnostics.Study(cfg, run_dir, exp, quant, np.concatenate([f[name] for f in feeds]), raw[0], calib_sha)
-        accuracy, recipes, sens, sweep = study.run()
+        study = study_mod.Study(cfg, run_dir, exp, quant, np.concatenate([f[name] for f in feeds]), raw[0], calib_sha)
+        accuracy = study.accuracy()
         if accuracy and accuracy["drop_points"] > cfg.map_drop_max:
             reasons.append(f"mAP50-95 dropped {accuracy['drop_points']:.2f} points "
                            f"({accuracy['fp32']['map50_95']:.4f} -> {accuracy['quantized']['map50_95']:.4f}) "
-                           f"> map_drop_max {cfg.map_drop_max}")
+                           f"on {study.backend} > map_drop_max {cfg.map_drop_max}")
+        deep = cfg.study == "full" or (cfg.study == "auto" and bool(reasons))
+        recipes, sens, sweep = study.run(deep)
+        verification = {"onnxruntime": "Polygraphy tensor comparison and detection agreement"}
+        if accuracy:
+            verification[study.backend] = (verification.get(study.backend, "") + "; " if study.backend in verification
+                                           else "") + "mAP gate on the labeled split"
     plots = [_plot(func, run_dir / STAGE / "errors.png")] + study.plots
     result = CompareResult(
         status="passed" if not reasons else "failed", passed=not reasons, reasons=reasons, images=len(feeds),
@@ -187,6 +196,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
                                  "map_drop_max": cfg.map_drop_max},
         polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard)},
         agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep, skipped=study.skipped,
+        verified_backends=sorted(verification), verification=verification,
         plot=f"{STAGE}/{plots[0].name}", plots=[f"{STAGE}/{p.name}" for p in plots], seconds=round(t.seconds, 2),
     )
     runs.write_result(run_dir, STAGE, result)

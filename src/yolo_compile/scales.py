@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class ActivationStats:
     top: dict[str, float]
     hist: dict[str, np.ndarray]
     images: int
+    fixed: dict = field(default_factory=dict)  # tensors whose range the quantizer fixes (Softmax output: 0..1)
 
     def save(self, path: Path) -> None:
         """Write the statistics as one .npz (a few MB: reusable by the study and by later runs)."""
@@ -57,14 +58,16 @@ class ActivationStats:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, names=np.array(names), amax=np.array([self.amax[n] for n in names]),
                      top=np.array([self.top[n] for n in names]), hist=np.stack([self.hist[n] for n in names]),
-                     images=self.images)
+                     images=self.images, fixed_names=np.array(sorted(self.fixed), dtype=str),
+                     fixed=np.array([self.fixed[n] for n in sorted(self.fixed)], dtype=np.float64))
 
     @classmethod
     def load(cls, path: Path) -> ActivationStats:
         z = np.load(path)
         names = [str(n) for n in z["names"]]
+        fixed = dict(zip([str(n) for n in z["fixed_names"]], map(float, z["fixed"]))) if "fixed" in z else {}
         return cls(dict(zip(names, map(float, z["amax"]))), dict(zip(names, map(float, z["top"]))),
-                   dict(zip(names, z["hist"])), int(z["images"]))
+                   dict(zip(names, z["hist"])), int(z["images"]), fixed)
 
 
 def collect(fp32_path: str | Path, tensors: list[str], array: np.ndarray, batch: int = 4,
@@ -112,7 +115,10 @@ def collect(fp32_path: str | Path, tensors: list[str], array: np.ndarray, batch:
             hist[t] += np.bincount(idx, minlength=BINS)
     for t in wanted:
         top.setdefault(t, 0.0)
-    return ActivationStats(amax, top, hist, int(len(array)))
+    # ONNX Runtime's Q/DQ quantizer (under ModelOpt) gives a Softmax output the fixed range 0..1, whatever it saw
+    softmax = {o for n in onnx.load(str(fp32_path), load_external_data=False).graph.node if n.op_type == "Softmax"
+               for o in n.output}
+    return ActivationStats(amax, top, hist, int(len(array)), {t: 1.0 for t in wanted if t in softmax})
 
 
 def shared_groups(fp32_path: str | Path, qdq_path: str | Path) -> list[list[str]]:
@@ -150,13 +156,13 @@ def merged(stats: ActivationStats, groups: list[list[str]]) -> ActivationStats:
             total += np.diff(np.interp(edges, np.linspace(0, stats.top[t], BINS + 1), cum))
         for t in g:
             amax[t], top[t], hist[t] = max(stats.amax[m] for m in g), hi, np.rint(total).astype(np.int64)
-    return ActivationStats(amax, top, hist, stats.images)
+    return ActivationStats(amax, top, hist, stats.images, dict(stats.fixed))
 
 
 def thresholds(stats: ActivationStats, method: str) -> dict[str, float]:
     """Return {tensor: clipping threshold (amax)} for one method (merge shared groups first)."""
     if method == "max":
-        return dict(stats.amax)
+        return {**stats.amax, **stats.fixed}
     out = {}
     for t, h in stats.hist.items():
         if stats.amax[t] <= 0 or h.sum() == 0:
@@ -171,7 +177,7 @@ def thresholds(stats: ActivationStats, method: str) -> dict[str, float]:
             out[t] = min(entropy_bin(h) * width, stats.amax[t])
         else:
             raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(METHODS)}")
-    return out
+    return {**out, **stats.fixed}
 
 
 def entropy_bin(hist: np.ndarray, quant_bins: int = 128, step: int = 16) -> int:

@@ -111,23 +111,32 @@ def rank(groups: list[Group], outputs_of: Callable[[list[str], list[str]], np.nd
 
 
 def search(ranked: list[dict], groups: list[Group], drop_of: Callable[[list[str]], float], max_drop: float,
-           max_steps: int) -> dict:
-    """Greedy recipe search: keep the most sensitive groups float, one more a step, until the mAP drop passes.
+           max_steps: int, noise: float = 0.0) -> dict:
+    """Recipe search that backtracks: try the ranked groups in order, keep a group float only if it helps.
 
-    Returns the steps tried, the passing set (or None) and its nodes_to_exclude regexes.
+    A step is kept when it lowers the drop by more than `noise` (the paired-bootstrap sd of a step's score);
+    otherwise it is undone and the next group is tried from the last kept set, so one bad step cannot lead
+    the search into a dead end (measured: keeping more groups float can score worse, by more than the noise).
+    Returns every step tried (with whether it was kept), the passing set (or None) and its regexes.
     """
     by_name = {g.name: g for g in groups}
     kept: list[str] = []
-    steps = []
-    for row in [None] + ranked[:max_steps]:
-        if row is not None:
-            kept.append(row["group"])
-        exclude = [p for name in kept for p in by_name[name].patterns]
-        drop = drop_of(exclude)
-        steps.append({"float_groups": list(kept), "map50_95_drop_points": round(drop, 3), "passes": drop <= max_drop})
-        log.info("recipe search: %d float groups -> mAP50-95 drop %.2f points", len(kept), drop)
-        if drop <= max_drop:
-            return {"steps": steps, "passed": True, "float_groups": list(kept), "nodes_to_exclude": exclude}
+    patterns = lambda names: [p for name in names for p in by_name[name].patterns]  # noqa: E731
+    best = drop_of([])
+    steps = [{"float_groups": [], "map50_95_drop_points": round(best, 3), "passes": best <= max_drop, "kept": True}]
+    for row in ranked[:max_steps]:
+        if best <= max_drop:
+            break
+        trial = kept + [row["group"]]
+        drop = drop_of(patterns(trial))
+        keep = drop < best - noise
+        steps.append({"float_groups": trial, "map50_95_drop_points": round(drop, 3), "passes": drop <= max_drop,
+                      "kept": keep})
+        log.info("recipe search: %s float -> drop %.2f points (%s)", row["group"], drop, "kept" if keep else "undone")
+        if keep or drop <= max_drop:
+            kept, best = trial, drop
+    if best <= max_drop:
+        return {"steps": steps, "passed": True, "float_groups": list(kept), "nodes_to_exclude": patterns(kept)}
     return {"steps": steps, "passed": False, "float_groups": None, "nodes_to_exclude": None}
 
 

@@ -55,7 +55,7 @@ def _common(tiny_checkpoint, image_sets, study=False):
     args = ["--model", str(tiny_checkpoint), "--calib", str(image_sets["calib"]), "--eval", str(image_sets["eval"]),
             "--set", f"imgsz={IMGSZ}", "--set", "batch_sizes=1,2", "--set", "max_seconds=0.5",
             "--set", f"data={image_sets['data']}", "--set", "search_steps=1"]
-    return args if study else args + ["--set", "recipes=false", "--set", "sensitivity=false"]
+    return args + ["--set", f"study={'full' if study else 'off'}"]
 
 
 def _only_run(tmp_path):
@@ -153,5 +153,5 @@ def test_papermill_alone_runs_a_notebook_on_a_previous_stage_output(tmp_path, qu
     shutil.copytree(quantized_run, run_dir)
     pm.execute_notebook(str(notebook_for("compare")), str(tmp_path / "out.ipynb"), progress_bar=False,
                         parameters={"run_dir": str(run_dir), "eval_dir": str(image_sets["eval"]), "eval_images": 2,
-                                    "recipes": False, "sensitivity": False})
+                                    "study": "off"})
     assert json.loads((run_dir / "compare" / "result.json").read_text())["images"] == 2

@@ -63,8 +63,8 @@ def test_nan_or_inf_always_fails(bad):
 
 def _cfg(image_sets, **kw):
     """Tensor comparison only, unless a test asks for more (the study quantizes many variants)."""
-    return compare.CompareConfig(**{"eval_dir": str(image_sets["eval"]), "eval_images": 3, "recipes": False,
-                                    "sensitivity": False, **kw})
+    return compare.CompareConfig(**{"eval_dir": str(image_sets["eval"]), "eval_images": 3, "study": "off",
+                                    **kw})
 
 
 def test_compare_stage_runs_polygraphy_on_held_out_images(run_copy, image_sets):
@@ -88,15 +88,25 @@ def test_calibration_images_are_refused_for_comparison(run_copy, image_sets):
         compare.run(_cfg(image_sets, eval_dir=str(image_sets["calib"]), eval_images=10), run_copy)
 
 
-def test_task_accuracy_and_recipes_on_a_labeled_split(run_copy, image_sets):
-    res = compare.run(_cfg(image_sets, data=str(image_sets["data"]), recipes=True), run_copy)
+def test_task_accuracy_on_a_labeled_split_and_no_study_when_the_gate_passes(run_copy, image_sets):
+    res = compare.run(_cfg(image_sets, data=str(image_sets["data"]), study="auto", map_drop_max=100.0), run_copy)
     acc = res.accuracy
     assert acc["images"] == 6 and acc["fp32"]["targets"] == 18
     assert acc["drop_points"] == pytest.approx(100 * (acc["fp32"]["map50_95"] - acc["quantized"]["map50_95"]), abs=1e-3)
-    assert [r["recipe"].split()[0] for r in res.recipes] == ["fp32", "fp16", "mixed", "all"]
-    assert res.recipes[0]["drop_points"] == 0.0 and res.recipes[1]["bytes"] < 0.6 * res.recipes[0]["bytes"]
+    assert res.recipes == [] and res.sensitivity == {} and any("gate passed" in s for s in res.skipped)
+    assert res.verified_backends == sorted({"onnxruntime", "openvino"}) and "mAP gate" in res.verification["openvino"]
     assert res.agreement["all"]["reference"] >= 0
     assert {p.split("/")[-1] for p in res.plots} == {"errors.png", "coverage.png"}
+    assert not (run_copy / "compare" / "val.npy").exists()  # labeled images live in the shared uint8 cache
+
+
+@pytest.mark.slow
+def test_full_study_measures_recipes_and_searches(run_copy, image_sets):
+    res = compare.run(_cfg(image_sets, data=str(image_sets["data"]), study="full", map_drop_max=100.0,
+                           search_steps=2), run_copy)
+    assert [r["recipe"].split()[0] for r in res.recipes] == ["fp32", "fp16", "mixed", "all"]
+    assert res.recipes[0]["drop_points"] == 0.0 and res.recipes[1]["bytes"] < 0.6 * res.recipes[0]["bytes"]
+    assert res.sensitivity["ranked"] and "noise_points" in res.sensitivity["search"]
 
 
 def test_labeled_images_used_for_calibration_are_refused(run_copy, image_sets, tmp_path):
@@ -121,14 +131,14 @@ def reference_int8_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("reference")
     export.run(export.ExportConfig(model=ref["model"]), run_dir)
     calibrate.run(calibrate.CalibrateConfig(calib_dir=ref["calib_dir"], calib_images=16), run_dir)
-    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run_dir)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8", calibration_method="max", quantizer="modelopt"), run_dir)
     return run_dir, ref
 
 
 def test_map_gate_on_the_reference_detector_fails_when_the_drop_exceeds_it(reference_int8_run):
     run_dir, ref = reference_int8_run
     cfg = dict(eval_dir=ref["eval_dir"], eval_images=2, data=ref["data"], map_images=12, box_atol=1e3, score_atol=1.0,
-               recipes=False, sensitivity=False)
+               study="off")
     res = compare.run(compare.CompareConfig(**cfg, map_drop_max=50.0), run_dir)
     acc = res.accuracy
     assert acc["fp32"]["map50_95"] > 0.8 and acc["drop_points"] > 0.5  # a quantized head costs real accuracy

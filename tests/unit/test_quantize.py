@@ -22,13 +22,13 @@ def test_mixed_recipe_quantizes_backbone_and_keeps_head_float(quantized_run):
 
 
 def test_int8_recipe_quantizes_the_head_too(run_copy):
-    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8", calibration_method="max", quantizer="modelopt"), run_copy)
     assert any("/model.22/cv2.0/cv2.0.2/" in n for n in res.quantized_nodes)
     assert res.head_nodes == []
 
 
 def test_tensorrt_target_keeps_the_head_in_fp16(run_copy):
-    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="mixed"), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="mixed", calibration_method="max", quantizer="modelopt"), run_copy)
     assert res.high_precision_dtype == "fp16"
     model = onnx.load(str(run_copy / res.onnx))
     init = {i.name: i.data_type for i in model.graph.initializer}
@@ -69,9 +69,21 @@ def test_check_recipe_catches_a_leaked_head_node():
 def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):
     recipe = tmp_path / "nodes_to_exclude.json"
     recipe.write_text('["/model\\\\.1/conv/Conv$"]')
-    res = quantize.run(quantize.QuantizeConfig(target="cpu", keep_float=str(recipe)), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", keep_float=str(recipe), calibration_method="max", quantizer="modelopt"), run_copy)
     assert "/model.1/conv/Conv" not in res.quantized_nodes and "/model.2/cv1/conv/Conv" in res.quantized_nodes
     with pytest.raises(QuantizeError, match="not a regular expression"):
         quantize.QuantizeConfig(keep_float="/model.0/(")
     with pytest.raises(QuantizeError, match="keep_float file not found"):
         quantize.QuantizeConfig(keep_float=str(tmp_path / "missing.json"))
+
+
+def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_sets):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"])), run_copy)
+    got = {(r["quantizer"], r["calibration"].split()[0]) for r in res.candidates}
+    assert {("modelopt", "max"), ("modelopt", "entropy"), ("modelopt", "percentile-99.99"), ("nncf", "nncf")} <= got
+    assert all("drop_points" in r for r in res.candidates)
+    best = min(r["drop_points"] for r in res.candidates)
+    assert res.chosen["drop_points"] == best and "smallest drop" in res.chosen["why"] and "noise_points" in res.chosen
+    assert "6 labeled images" in res.chosen["images"]
+    assert res.size_ratio <= 0.35 and (run_copy / "quantize" / "activations.npz").is_file()
+    assert not list((run_copy / "export").glob("*.quant*")) and not list((run_copy / "export").glob("*calib*"))

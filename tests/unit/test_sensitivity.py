@@ -18,7 +18,7 @@ def int8_all(quantized_run, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("int8") / "run"
     shutil.copytree(quantized_run, run)
-    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8"), run)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8", calibration_method="max", quantizer="modelopt"), run)
     return run
 
 
@@ -65,7 +65,7 @@ def test_search_keeps_the_fewest_ranked_groups_that_pass():
 
     res = sensitivity.search(ranked, groups, drop_of, max_drop=1.0, max_steps=3)
     assert res["passed"] and res["float_groups"] == ["b", "a"]
-    assert [s["passes"] for s in res["steps"]] == [False, False, True]
+    assert [s["passes"] for s in res["steps"]] == [False, False, True] and all(s["kept"] for s in res["steps"])
     assert res["nodes_to_exclude"] == [r"/b/Conv$", r"/a/Conv$"] == tried[-1]
     assert not sensitivity.search(ranked, groups, lambda e: 5.0, 1.0, 2)["passed"]
 
@@ -75,8 +75,23 @@ def test_cache_names_the_fp32_input_even_when_an_fp16_model_quantized_its_cast(q
 
     run = tmp_path / "run"
     shutil.copytree(quantized_run, run)
-    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="int8"), run)
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="int8", calibration_method="max", quantizer="modelopt"), run)
     assert "images_cast_to_fp16" in _scales(run / res.onnx)
     sensitivity.write_cache(run / res.onnx, tmp_path / "c.cache")
     names = [line.split(":")[0] for line in (tmp_path / "c.cache").read_text().splitlines()[1:]]
     assert "images" in names and not any(n.endswith("_cast_to_fp16") for n in names)
+
+
+def test_search_undoes_a_step_that_makes_things_worse():
+    groups = [sensitivity.Group(n, (f"/{n}/Conv",)) for n in ("a", "b", "c")]
+    ranked = [{"group": "b"}, {"group": "a"}, {"group": "c"}]
+    drops = {(): 3.0, ("b",): 3.6, ("a",): 1.5, ("a", "c"): 0.4}
+
+    def drop_of(exclude):  # keeping b float scores worse than its parent (error cancellation): undo it
+        return drops[tuple(p.strip("/").split("/")[0] for p in exclude)]
+
+    res = sensitivity.search(ranked, groups, drop_of, max_drop=1.0, max_steps=3, noise=0.2)
+    assert res["passed"] and res["float_groups"] == ["a", "c"]
+    assert [s["kept"] for s in res["steps"]] == [True, False, True, True]
+    kept = [s["map50_95_drop_points"] for s in res["steps"] if s["kept"]]
+    assert kept == sorted(kept, reverse=True)  # a kept step never scores worse than its parent

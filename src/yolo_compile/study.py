@@ -1,4 +1,12 @@
-"""The compare stage's accuracy study: mAP gate data, recipes side by side, layer sensitivity, calibration checks."""
+"""The compare stage's accuracy study: mAP gate data, recipes side by side, layer sensitivity, calibration checks.
+
+Variants of the quantized model are built the way the quantize stage built its candidates: ModelOpt places the
+Q/DQ nodes from one image, and the activation scales come from the quantize stage's one-pass statistics
+(`quantize/activations.npz`, per tensor), set straight into the graph. Measured on the reference detector
+(all-INT8 from max calibration on 128 images): the earlier route (a TensorRT calibration cache imported by
+ModelOpt) gave the same 70 scales bit for bit, for the identity and for six single-group variants, so the
+variants were built right; their step scores were what misled (see `sensitivity.search`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accuracy, images, runs
+from . import accuracy, images, runs, scales
 from .errors import CompareError, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,17 @@ class Study:
             self.calib = runs.require_passed(run_dir, "calibrate")
         except RunFolderError:
             self.calib = None
+        self.tmp = tempfile.TemporaryDirectory(prefix="yolo-study-")
+        self.src = Path(self.tmp.name) / "model.onnx"  # ModelOpt works on a copy: export/ is never written
+        import shutil
+
+        shutil.copyfile(self.fp32, self.src)
+        self.stats = None
+        self.noise = None
+        from .backends import available
+
+        # The gate measures the runtime that ships: OpenVINO for CPU targets where it is installed.
+        self.backend = "openvino" if quant.get("target") == "cpu" and available("openvino")[0] else "onnxruntime"
 
     # -- pieces ---------------------------------------------------------------------------------------
     def labeled(self) -> None:
@@ -52,60 +71,90 @@ class Study:
         if reused:
             raise CompareError(f"{self.cfg.data}: {len(reused)} labeled image(s) were used for calibration "
                                f"(e.g. {reused[0]}); evaluate on a split disjoint from calib_dir")
-        self.val_stats = images.write_array(split.images, self.size, self.dir / "val.npy", desc="labeled images")
-        self.split, self.val = split, np.load(self.dir / "val.npy", mmap_mode="r")
+        cached = images.preprocessed(split.images, self.size, runs.cache_root(self.run_dir), desc="labeled images")
+        self.val_stats, self.split, self.val = cached.stats, split, cached.array
 
     def map_of(self, onnx_path: Path, label: str) -> dict:
         """Return (and remember, by file) the mAP of one model on the labeled split."""
         key = str(Path(onnx_path).resolve())
         if key not in self.map_cache:
-            dets = accuracy.predict(onnx_path, self.val, self.input, desc=f"mAP {label}")
+            dets = accuracy.predict(onnx_path, self.val, self.input, desc=f"mAP {label}", backend=self.backend)
             self.map_cache[key] = accuracy.evaluate(dets, self.split, self.size, self.names)
         return self.map_cache[key]
 
-    def quantize(self, dst: Path, n_images: int | None = None, *, exclude=None, include=None, cache=None,
-                 one_image: bool = False) -> Path:
-        """ModelOpt INT8 PTQ of the FP32 model with this run's calibration array (or one image plus a cache)."""
+    def method(self) -> str:
+        """Return the ModelOpt calibration (a scales.METHODS name) the quantize stage measured best."""
+        mo = [r for r in self.quant.get("candidates", []) if r.get("quantizer") == "modelopt" and "drop_points" in r
+              and r.get("calibration") in scales.METHODS]
+        if mo:
+            return min(mo, key=lambda r: r["drop_points"])["calibration"]
+        m = self.quant.get("calibration_method")
+        return {"percentile": "percentile-99.99"}.get(m, m) if m in scales.METHODS + ("percentile",) else "max"
+
+    def quantize(self, dst: Path, n_images: int | None = None, *, exclude=None, include=None) -> Path:
+        """ModelOpt places Q/DQ (one image); scales come from the activation statistics (of n_images if given)."""
         from .quantize import modelopt_quantize
 
         data = np.load(self.run_dir / self.calib["array"], mmap_mode="r")
-        data = data[:1] if one_image else data[:n_images]
-        data = images.to_float(data) if data.dtype == np.uint8 else data  # the shared cache holds uint8 tensors
-        method = self.quant.get("calibration_method") or "entropy"
-        modelopt_quantize(self.fp32, dst, data, self.exp, method, self.hp_dtype, exclude=exclude, include=include,
-                          cache=cache)
+        template = Path(self.tmp.name) / f"template-{dst.name}"
+        modelopt_quantize(self.src, template, data[:1], self.exp, "max", self.hp_dtype, exclude=exclude, include=include)
+        tensors = list(scales.activation_qdq(template))
+        if n_images is not None:
+            stats = scales.collect(self.src, tensors, data[:n_images], desc=f"statistics of {n_images} images")
+        else:
+            stats = self.statistics(tensors, data)
+        stats = scales.merged(stats, scales.shared_groups(self.src, template))
+        scales.apply(template, scales.thresholds(stats, self.method()), dst)
+        template.unlink()
         return dst
+
+    def statistics(self, tensors: list[str], data: np.ndarray) -> scales.ActivationStats:
+        """Return per-tensor statistics covering tensors: the quantize stage's, plus one pass for any missing."""
+        if self.stats is None:
+            saved = self.run_dir / "quantize" / "activations.npz"
+            self.stats = scales.ActivationStats.load(saved) if saved.is_file() else scales.ActivationStats({}, {}, {}, 0)
+        missing = [t for t in dict.fromkeys(scales.source_name(t) for t in tensors) if t not in self.stats.amax]
+        if missing:
+            more = scales.collect(self.src, missing, data, desc=f"statistics of {len(missing)} more tensors")
+            for part in ("amax", "top", "hist", "fixed"):
+                getattr(self.stats, part).update(getattr(more, part))
+        return self.stats
 
     @property
     def hp_dtype(self) -> str:
         return "fp16" if self.quant["target"] == "tensorrt" else "fp32"
 
     # -- the study ------------------------------------------------------------------------------------
-    def run(self) -> tuple[dict, list, dict, list]:
-        """Return (accuracy, recipes, sensitivity, calibration sweep); each empty where not asked or not possible."""
-        acc, recipes, sens, sweep = {}, [], {}, []
-        if self.cfg.data:
-            self.labeled()
-            fp32, q = self.map_of(self.fp32, "fp32"), self.map_of(self.run_dir / self.quant["onnx"], self.quant["recipe"])
-            acc = {"data": str(self.cfg.data), "images": len(self.split.images), "fp32": fp32, "quantized": q,
-                   "drop_points": round(100 * (fp32["map50_95"] - q["map50_95"]), 3),
-                   "drop_points_map50": round(100 * (fp32["map50"] - q["map50"]), 3)}
-        else:
+    def accuracy(self) -> dict:
+        """Return the mAP of FP32 and the quantized model on the labeled split, and the drop (empty without data)."""
+        if not self.cfg.data:
             self.skipped.append("task accuracy and the mAP gate: no labeled split (pass data=path/to/data.yaml)")
-        if (self.cfg.recipes or self.cfg.sensitivity) and not self.calib:
+            return {}
+        self.labeled()
+        fp32, q = self.map_of(self.fp32, "fp32"), self.map_of(self.run_dir / self.quant["onnx"], self.quant["recipe"])
+        return {"data": str(self.cfg.data), "images": len(self.split.images), "fp32": fp32, "quantized": q,
+                "drop_points": round(100 * (fp32["map50_95"] - q["map50_95"]), 3),
+                "drop_points_map50": round(100 * (fp32["map50"] - q["map50"]), 3)}
+
+    def run(self, deep: bool) -> tuple[list, dict, list]:
+        """Return (recipes, sensitivity and search, calibration sweep); the first two only when deep."""
+        recipes, sens, sweep = [], {}, []
+        if deep and not self.calib:
             self.skipped.append("recipes and sensitivity: they need the calibrate stage's array, and it did not run")
+        if not deep:
+            self.skipped.append(f"recipes, sensitivity and recipe search: study={self.cfg.study}"
+                                + (" and the gate passed" if self.cfg.study == "auto" else ""))
         int8_all = None
-        if (self.cfg.recipes or self.cfg.sensitivity) and self.calib:
+        if deep and self.calib:
             int8_all = self.quantize(self.dir / "model.int8_all.onnx")
-        if self.cfg.recipes and self.split is not None:
-            recipes = self.recipes(int8_all)
-        if self.cfg.sensitivity and int8_all is not None:
+            if self.split is not None:
+                recipes = self.recipes(int8_all)
             sens = self.sensitivity(int8_all)
         if self.cfg.calib_sweep and self.split is not None and self.calib:
             sweep = self.calibration_sweep()
         if self.calib and self.split is not None:
             self.plots.append(coverage_plot(self.calib, self.val_stats, self.dir / "coverage.png"))
-        return acc, recipes, sens, sweep
+        return recipes, sens, sweep
 
     def recipes(self, int8_all: Path | None) -> list[dict]:
         """mAP, agreement and size of FP32, FP16-only, the run's recipe and all-INT8, measured the same way."""
@@ -134,15 +183,13 @@ class Study:
         from . import sensitivity as sv
         from .quantize import inspect_qdq
 
-        cache = self.dir / "calibration.cache"
-        sv.write_cache(int8_all, cache)
         groups = sv.layer_groups(inspect_qdq(int8_all)[1], int(self.exp["head_index"]))
         baseline = self.judge.judge(images.run_onnx(int8_all, self.eval_array, self.input))
 
         def variant(exclude: list[str], include: list[str]) -> Path:
             fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=self.dir)
             os.close(fd)
-            return self.quantize(Path(tmp), exclude=exclude, include=include, cache=cache, one_image=True)
+            return self.quantize(Path(tmp), exclude=exclude, include=include)
 
         def outputs_of(exclude: list[str], include: list[str]) -> np.ndarray:
             path = variant(exclude, include)
@@ -157,19 +204,46 @@ class Study:
                "top5": [r["group"] for r in ranked[:5]]}
         if self.split is not None:
             base = self.map_of(self.fp32, "fp32")["map50_95"]
+            kept_dets: dict[str, list] = {}
 
             def drop_of(exclude: list[str]) -> float:
                 path = variant(exclude, [])
                 try:
-                    dets = accuracy.predict(path, self.val, self.input, desc="recipe search")
+                    dets = accuracy.predict(path, self.val, self.input, desc="recipe search", backend=self.backend)
+                    kept_dets[str(len(kept_dets))] = dets
                     return 100 * (base - accuracy.evaluate(dets, self.split, self.size, self.names)["map50_95"])
                 finally:
                     path.unlink(missing_ok=True)
 
-            out["search"] = sv.search(ranked, groups, drop_of, self.cfg.map_drop_max, self.cfg.search_steps)
+            # The noise of one step: paired bootstrap over the labeled images of the run's model vs all-INT8.
+            self.noise = self.step_noise(int8_all)
+            out["search"] = sv.search(ranked, groups, drop_of, self.cfg.map_drop_max, self.cfg.search_steps,
+                                      noise=self.noise)
+            out["search"]["noise_points"] = self.noise
             if out["search"]["passed"]:
-                runs.write_json(self.dir / "nodes_to_exclude.json", out["search"]["nodes_to_exclude"])
+                path = runs.write_json(self.dir / "nodes_to_exclude.json", out["search"]["nodes_to_exclude"])
+                out["search"]["apply"] = (f"--set keep_float={path} --set calibration_method={self.method()} "
+                                          "--set quantizer=modelopt")
+            else:
+                out["search"]["next_step"] = (
+                    "post-training quantization did not pass the gate: fine-tune with quantization in the loop "
+                    "(ModelOpt's PyTorch API, mtq.quantize then a few epochs on a GPU) and compile the new checkpoint")
         return out
+
+    def step_noise(self, int8_all: Path, rounds: int = 40) -> float:
+        """Return the paired-bootstrap sd (points) of the mAP difference between the run's model and all-INT8."""
+        a = accuracy.predict(self.run_dir / self.quant["onnx"], self.val, self.input, desc="noise: run's model", backend=self.backend)
+        b = accuracy.predict(int8_all, self.val, self.input, desc="noise: all-INT8", backend=self.backend)
+        rng = np.random.default_rng(0)
+        n, diffs = len(a), []
+        for _ in range(rounds):
+            idx = rng.integers(0, n, n)
+            sub = accuracy.LabeledSplit([self.split.images[i] for i in idx], [self.split.labels[i] for i in idx],
+                                        [self.split.shapes[i] for i in idx])
+            ma = accuracy.evaluate([a[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0
+            mb = accuracy.evaluate([b[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0
+            diffs.append(100 * (ma - mb))
+        return round(float(np.std(diffs)), 3)
 
     def calibration_sweep(self) -> list[dict]:
         """mAP drop of the run's recipe calibrated on the first n images, for each n in calib_sweep."""

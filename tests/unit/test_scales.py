@@ -1,0 +1,71 @@
+"""One-pass activation statistics -> scales for every calibration method, written into a ModelOpt Q/DQ template."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from yolo_compile import quantize, scales
+
+
+def _act_scales(path):
+    model = onnx.load(str(path))
+    init = {i.name: i for i in model.graph.initializer}
+    return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
+            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+@pytest.fixture(scope="module")
+def setup(quantized_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("scales")
+    exp = json.loads((quantized_run / "export" / "result.json").read_text())
+    fp32 = quantized_run / "export" / "model.onnx"
+    data = np.load(quantized_run / "calibrate" / "calib.npy", mmap_mode="r")
+    ref = tmp / "modelopt_max.onnx"  # ModelOpt's own max calibration over all images (FP32 weights on disk)
+    quantize.modelopt_quantize(fp32, ref, data, exp, "max", "fp32")
+    template = tmp / "template.onnx"  # placement only: one image
+    quantize.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp32")
+    stats = scales.collect(fp32, list(scales.activation_qdq(template)), data, batch=3)
+    stats = scales.merged(stats, scales.shared_groups(fp32, template))
+    return {"exp": exp, "fp32": fp32, "data": data, "ref": ref, "template": template, "stats": stats, "tmp": tmp}
+
+
+def test_one_pass_max_scales_equal_modelopt_max_calibration(setup):
+    ours = setup["tmp"] / "ours_max.onnx"
+    n = scales.apply(setup["template"], scales.thresholds(setup["stats"], "max"), ours)
+    ref = _act_scales(setup["ref"])
+    assert n > 50 and _act_scales(ours) == pytest.approx(ref, rel=1e-5)
+
+
+def test_clipping_methods_never_exceed_max_and_stats_round_trip(setup, tmp_path):
+    st = setup["stats"]
+    hi = scales.thresholds(st, "max")
+    for method in ("entropy", "percentile-99.99", "percentile-99.999"):
+        th = scales.thresholds(st, method)
+        assert all(0 <= th[t] <= hi[t] * (1 + 1e-6) for t in hi)
+    st.save(tmp_path / "a.npz")
+    back = scales.ActivationStats.load(tmp_path / "a.npz")
+    assert back.amax == st.amax and all((back.hist[t] == st.hist[t]).all() for t in st.hist)
+
+
+def test_entropy_clips_a_rare_far_outlier():
+    hist = np.zeros(scales.BINS, np.int64)
+    hist[:200] = np.linspace(10_000, 10, 200).astype(np.int64)
+    hist[-1] = 1  # one value 10x beyond the rest
+    assert scales.entropy_bin(hist) < 400
+
+
+def test_int8_weights_keep_outputs_and_shrink_the_file(setup, tmp_path):
+    import onnxruntime as ort
+
+    src, dst = setup["ref"], tmp_path / "w8.onnx"
+    info = scales.int8_weights(src, dst)
+    assert info["weights_int8"] > 50
+    assert dst.stat().st_size <= 0.35 * setup["fp32"].stat().st_size < src.stat().st_size
+    x = np.ascontiguousarray(setup["data"][:2])
+    name = setup["exp"]["input_name"]
+    a = ort.InferenceSession(str(src)).run(None, {name: x})[0]
+    b = ort.InferenceSession(str(dst)).run(None, {name: x})[0]
+    assert np.array_equal(a, b)
