@@ -22,7 +22,8 @@ def setup(quantized_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scales")
     exp = json.loads((quantized_run / "export" / "result.json").read_text())
     fp32 = quantized_run / "export" / "model.onnx"
-    data = np.load(quantized_run / "calibrate" / "calib.npy", mmap_mode="r")
+    cal = json.loads((quantized_run / "calibrate" / "result.json").read_text())
+    data = np.load(quantized_run / cal["array"], mmap_mode="r")  # uint8 in the shared cache
     ref = tmp / "modelopt_max.onnx"  # ModelOpt's own max calibration over all images (FP32 weights on disk)
     quantize.modelopt_quantize(fp32, ref, data, exp, "max", "fp32")
     template = tmp / "template.onnx"  # placement only: one image
@@ -64,7 +65,9 @@ def test_int8_weights_keep_outputs_and_shrink_the_file(setup, tmp_path):
     info = scales.int8_weights(src, dst)
     assert info["weights_int8"] > 50
     assert dst.stat().st_size <= 0.35 * setup["fp32"].stat().st_size < src.stat().st_size
-    x = np.ascontiguousarray(setup["data"][:2])
+    from yolo_compile import images
+
+    x = images.to_float(setup["data"][:2])
     name = setup["exp"]["input_name"]
     a = ort.InferenceSession(str(src)).run(None, {name: x})[0]
     b = ort.InferenceSession(str(dst)).run(None, {name: x})[0]
