@@ -25,7 +25,7 @@ from yolo_compile import calibrate, quantize
 run_dir, n, method = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calibrate.run(calibrate.CalibrateConfig(calib_dir=sys.argv[4], calib_images=n), run_dir)
 t = time.perf_counter()
-quantize.run(quantize.QuantizeConfig(target="cpu", calibration_method=method), run_dir)
+quantize.run(quantize.QuantizeConfig(target="cpu", calibration_method=method, quantizer="modelopt"), run_dir)
 print(json.dumps({"seconds": time.perf_counter() - t, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 """
 
