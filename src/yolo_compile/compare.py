@@ -29,6 +29,8 @@ class CompareConfig:
     map_images: int = 0  # how many labeled images to evaluate; 0 means all
     map_drop_max: float = 1.0  # gate: largest allowed mAP50-95 drop, in points (0.01 mAP)
     study: str = "auto"  # auto: recipes, sensitivity and recipe search only when the gate fails | full: always | off
+    recipes: bool = True  # deprecated: recipes=false with sensitivity=false means study=off
+    sensitivity: bool = True  # deprecated: see recipes
     search_steps: int = 6  # most groups the recipe search keeps in float before giving up
     calib_sweep: tuple[int, ...] = ()  # calibration sizes to compare, e.g. 32,64,128 (each re-calibrates)
 
@@ -38,6 +40,8 @@ class CompareConfig:
         check_positive("score_atol", self.score_atol)
         check_positive("map_drop_max", self.map_drop_max)
         check_choice("study", self.study, STUDY_MODES)
+        if not self.recipes and not self.sensitivity:
+            object.__setattr__(self, "study", "off")  # the old switches, kept so earlier command lines still run
         if any(n < 1 for n in self.calib_sweep):
             raise CompareError(f"parameter 'calib_sweep' = {self.calib_sweep}: sizes must be positive")
 
