@@ -147,7 +147,17 @@ class Search:
         if self.cfg.quantizer in ("auto", "modelopt"):
             rows += self.modelopt()
         if self.target == "cpu" and self.cfg.quantizer in ("auto", "nncf"):
-            rows.append(self.nncf())
+            import importlib.util
+
+            if importlib.util.find_spec("nncf") is not None:
+                rows.append(self.nncf())
+            elif self.cfg.quantizer == "nncf":
+                from .errors import QuantizeError
+
+                raise QuantizeError("quantizer=nncf: the Python package 'nncf' is not installed "
+                                    "(pip install 'yolo-compile[openvino]'), or use quantizer=modelopt")
+            else:
+                log.warning("NNCF is not installed (pip install 'yolo-compile[openvino]'): ModelOpt candidates only")
         if len(rows) == 1:
             self.rows = rows
             self.chosen = {**_public(rows[0]), "why": "the only candidate asked for (no measurement needed)"}
