@@ -1,4 +1,10 @@
-"""The self-contained compile report (one HTML page, plots inlined) and the notebooks' display helpers."""
+"""The archive-grade compile report: one self-contained HTML page (no URL, font or script it must fetch).
+
+First screen: a summary card answering "can I ship this engine, what does it cost and gain?". Then pictures
+(precision of every layer, per-class mAP, detection agreement, error histograms, latency vs batch, coverage),
+every executed notebook rendered by nbconvert (inputs collapsed), and each stage's result as tables with the
+raw JSON behind a disclosure. Stage results grow new fields over time: anything unknown is rendered as a table.
+"""
 
 from __future__ import annotations
 
@@ -8,158 +14,403 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import STAGES, runs
+from . import STAGES, plots, runs
 
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
-vertical-align:top}th{background:#f3f3f3}.passed{color:#176a1f;font-weight:600}.failed{color:#b00020;font-weight:600}
-.skipped{color:#8a6d00;font-weight:600}code,pre{font-size:12px;background:#f7f7f7}pre{padding:6px;overflow-x:auto}
-img{max-width:100%}"""
+_CSS = """body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;padding:10px 18px;max-width:1180px;
+color:#1d1d1d}h1{font-size:21px;margin:4px 0 8px}h2{font-size:18px;margin:26px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:16px 0 6px}table{border-collapse:collapse;margin:.4em 0 1em}td,th{border:1px solid #d4d4d4;
+padding:2px 7px;text-align:left;vertical-align:top}th{background:#f4f4f4;font-weight:600}.passed,.pass{color:#176a1f;
+font-weight:700}.failed,.fail{color:#b00020;font-weight:700}.skipped,.running,.unknown{color:#8a6d00;font-weight:700}
+code,pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;background:#f7f7f7}pre{padding:6px;overflow-x:auto;
+white-space:pre-wrap}img{max-width:100%}.card{display:grid;grid-template-columns:minmax(0,1.25fr) minmax(0,1fr);gap:18px;
+border:2px solid #bbb;border-radius:8px;padding:10px 14px}.card-pass{border-color:#2e7d32}.card-fail{border-color:#b00020}
+.card table{margin:0;width:100%}.card th{width:9.5em}.verdict{font-size:17px;margin:0 0 6px}.muted{color:#666}
+.figs{display:flex;flex-wrap:wrap;gap:14px 26px;align-items:flex-start}.legend span{display:inline-block;width:11px;
+height:11px;margin:0 4px 0 12px;vertical-align:-1px}details>summary{cursor:pointer;color:#1f5fa8}
+.nb{border:1px solid #ddd;border-radius:6px;padding:4px 12px;margin:10px 0}.nb .prompt{display:none}
+.nb .output_stderr{background:#fff4f4}.nb .output_area pre{background:none}.nb .input_area{background:#f7f7f7}
+.nb details.nb-in{margin:4px 0}.nb .output_subarea{overflow-x:auto}svg text{font-family:system-ui,sans-serif}"""
+
+_NB_TEMPLATE = """{%- extends 'classic/base.html.j2' -%}
+{% block input_group -%}
+{%- set tags = cell.metadata.get('tags', []) -%}
+<details class="nb-in"{% if 'injected-parameters' in tags or 'parameters' in tags %} open{% endif %}>
+<summary>{% if 'injected-parameters' in tags %}parameters this run used{% elif 'parameters' in tags %}default \
+parameters{% else %}code{% endif %} [{{ cell.execution_count or ' ' }}]</summary>{{ super() }}</details>
+{%- endblock input_group %}
+"""
 
 
-def _cell(v: Any) -> str:
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:,.1f} MB" if _num(n) else "-"
+
+
+def _scalar(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, list) and len(v) > 12:
-        return html.escape(f"{len(v)} items: " + ", ".join(map(str, v[:6])) + ", ...")
-    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
-        return html.escape(", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)) or "-"
-    if isinstance(v, dict) and len(v) <= 8 and all(not isinstance(x, (dict, list)) for x in v.values()):
-        return html.escape("; ".join(f"{k}: {x:.4g}" if isinstance(x, float) else f"{k}: {x}" for k, x in v.items()))
+    return html.escape(str(v)) if v is not None and v != "" else "-"
+
+
+def _value(v: Any, depth: int = 0) -> str:
+    """Return HTML for any JSON value: scalars inline, lists of dicts and dicts of dicts as tables."""
+    if isinstance(v, dict):
+        if not v:
+            return "-"
+        if all(not isinstance(x, (dict, list)) for x in v.values()) and len(v) > 8:
+            return html.escape("; ".join(f"{k}: {x:.4g}" if isinstance(x, float) else f"{k}: {x}" for k, x in v.items()))
+        if depth < 3 and all(isinstance(x, dict) for x in v.values()):
+            return rows_table([{"": k, **x} for k, x in v.items()], depth + 1)
+        if depth < 3:
+            return kv_table(v, depth + 1)
+    if isinstance(v, list):
+        if not v:
+            return "-"
+        if depth < 3 and all(isinstance(x, dict) for x in v):
+            return rows_table(v[:60], depth + 1) + (f"<p class='muted'>{len(v) - 60} more rows in the raw JSON</p>"
+                                                    if len(v) > 60 else "")
+        if all(not isinstance(x, (dict, list)) for x in v):
+            text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:40])
+            return html.escape(text + (f", ... ({len(v)} items)" if len(v) > 40 else ""))
     if isinstance(v, (dict, list)):
         return "<pre>" + html.escape(json.dumps(v, indent=1)[:3000]) + "</pre>"
-    return html.escape(str(v))
+    return _scalar(v)
 
 
-def kv_table(d: dict) -> str:
-    """Return an HTML table of a dict's keys and values (long lists summarised)."""
-    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v)}</td></tr>" for k, v in d.items()) + "</table>"
+def kv_table(d: dict, depth: int = 0) -> str:
+    """Return an HTML table of a dict's keys and values (nested values as nested tables)."""
+    return "<table>" + "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_value(v, depth)}</td></tr>"
+                               for k, v in d.items()) + "</table>"
 
 
-def rows_table(rows: list[dict]) -> str:
-    """Return an HTML table of a list of same-keyed dicts."""
+def rows_table(rows: list[dict], depth: int = 0) -> str:
+    """Return an HTML table of a list of dicts (columns: the union of their keys, in first-seen order)."""
+    rows = [r for r in rows if isinstance(r, dict)]
     if not rows:
         return ""
-    keys = list(rows[0])
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(k))}</td>" for k in keys) + "</tr>" for r in rows)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{_value(r.get(k), depth + 1)}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _img(path: Path) -> str:
+def png(path: Path, alt: str = "") -> str:
+    """Return an <img> with the PNG inlined as a data URI ('' where the file is missing)."""
     if not path.is_file():
         return ""
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(alt or path.name)}" src="data:image/png;base64,{data}">'
+
+
+def read_results(run_dir: Path) -> dict[str, dict]:
+    """Return {stage: result.json as a dict} for every stage that wrote one (unreadable ones as {})."""
+    out = {}
+    for stage in STAGES:
+        path = Path(run_dir) / stage / "result.json"
+        try:
+            out[stage] = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            out[stage] = {}
+    return out
+
+
+# Activations fuse into the INT8 layer before them; data movement keeps its input's precision.
+_FOLLOW_INPUT = {"Sigmoid", "Mul", "Relu", "LeakyRelu", "HardSwish", "HardSigmoid", "Clip", "Add", "Split", "Concat",
+                 "MaxPool", "Resize", "Reshape", "Transpose", "Slice"}
+
+
+def layer_precisions(onnx_path: Path, head_index: int | None) -> list[dict]:
+    """Return [{name, op, precision, head}] for each compute node in graph order, read from the Q/DQ placement.
+
+    INT8: a node fed by a DequantizeLinear, or an activation or data-movement node whose inputs all come
+    from INT8 layers (the SiLU after an INT8 conv fuses into it on TensorRT and OpenVINO); FP16: a node computing on float16
+    tensors; FP32 otherwise. Q/DQ, Cast, Constant and Identity nodes are plumbing, not layers.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    elem = {t.name: t.data_type for t in graph.initializer}
+    elem.update({v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]})
+    producer: dict[str, str] = {}
+    int8_out: set[str] = set()
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    head = f"/model.{head_index}/" if head_index is not None else None
+    layers = []
+    for node in graph.node:
+        ins = [i for i in node.input if i]
+        if node.op_type == "Cast":
+            out_type = next((a.i for a in node.attribute if a.name == "to"), None)
+        elif node.op_type == "DequantizeLinear":
+            out_type = elem.get(ins[1]) if len(ins) > 1 else None
+        else:
+            out_type = next((elem[i] for i in ins if elem.get(i) in floats), None)
+        for o in node.output:
+            producer[o] = node.op_type
+            if out_type is not None:
+                elem.setdefault(o, out_type)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast", "Constant", "Identity"):
+            continue
+        computed = [i for i in ins if i in producer and producer[i] != "Constant"]
+        if any(producer.get(i) == "DequantizeLinear" for i in ins) or (
+                node.op_type in _FOLLOW_INPUT and computed and all(i in int8_out for i in computed)):
+            precision = "INT8"
+            int8_out.update(node.output)
+        elif any(elem.get(t) == onnx.TensorProto.FLOAT16 for t in [*ins, *node.output]):
+            precision = "FP16"
+        else:
+            precision = "FP32"
+        layers.append({"name": node.name or node.output[0], "op": node.op_type, "precision": precision,
+                       "head": bool(head and (node.name or "").startswith(head))})
+    return layers
+
+
+def _throughput(tp: dict) -> dict:
+    """Return the engine's gain over the FP32 baseline at the largest batch both ran, and the honest verdict."""
+    rows = [r for r in tp.get("rows") or [] if isinstance(r, dict) and _num(r.get("images_per_s"))]
+    eng = [r for r in rows if str(r.get("model", "")).startswith("engine")]
+    if not eng:
+        return {}
+    device = eng[0].get("device")
+    base = [r for r in rows if "fp32" in str(r.get("model", "")).lower() and r.get("device") == device] or \
+           [r for r in rows if "fp32" in str(r.get("model", "")).lower()]
+    common = sorted({r.get("batch") for r in eng} & {r.get("batch") for r in base}, key=lambda b: _num(b) or 0)
+    best = max(eng, key=lambda r: r["images_per_s"])
+    out = {"engine": best.get("model"), "device": device, "best_images_per_s": best["images_per_s"],
+           "best_batch": best.get("batch")}
+    if common:
+        b = common[-1]
+        e = max(r["images_per_s"] for r in eng if r.get("batch") == b)
+        f = max(r["images_per_s"] for r in base if r.get("batch") == b)
+        out.update(batch=b, gain=e / f, engine_images_per_s=e, fp32_images_per_s=f)
+        where = "GPU" if str(device).startswith("cuda") else "CPU"
+        out["verdict"] = (f"{e / f:.2f}x FP32 at batch {b} on this {where}" if e >= f else
+                          f"{f / e:.2f}x slower than FP32 at batch {b} on this {where}")
+    notes = [n for n in tp.get("notes") or [] if isinstance(n, str) and ("VNNI" in n or "not a speed win" in n)]
+    if notes:
+        out["note"] = notes[0]
+    return out
+
+
+def facts(run_dir: str | Path, status: str | None = None) -> dict:
+    """Return the run's headline facts (status, verdict, model, recipe, mAP, sizes, speed, times) from its files."""
+    run_dir = Path(run_dir)
+    m = runs.read_manifest(run_dir)
+    r = read_results(run_dir)
+    exp, q, cmp, build, tp = (r[s] for s in ("export", "quantize", "compare", "build", "throughput"))
+    params, stages = m.get("parameters") or {}, m.get("stages") or {}
+    model_in = (m.get("inputs") or {}).get("model") or {}
+    acc = cmp.get("accuracy") or {}
+    f: dict[str, Any] = {
+        "run": run_dir.name, "status": status or m.get("status", "unknown"), "workflow": m.get("workflow"),
+        "created": m.get("created_utc"),
+        "model": Path(str(model_in.get("path") or params.get("model") or "?")).name,
+        "model_sha256": model_in.get("sha256") or exp.get("checkpoint_sha256"),
+        "recipe": q.get("recipe") or params.get("recipe"), "target": q.get("target") or params.get("target"),
+        "calibration": (f"{q['calibration_method']}, {q.get('calibration_images')} images"
+                        if q.get("calibration_method") and q.get("recipe") != "float" else None),
+        "head_dtype": q.get("high_precision_dtype"),
+        "gate": None if "passed" not in cmp else ("pass" if cmp.get("passed") else "fail"),
+        "gate_reasons": cmp.get("reasons") or [],
+        "map_fp32": _num((acc.get("fp32") or {}).get("map50_95")),
+        "map_quant": _num((acc.get("quantized") or {}).get("map50_95")),
+        "map_drop": _num(acc.get("drop_points")), "map_drop_max": _num((cmp.get("thresholds") or {}).get("map_drop_max")),
+        "fp32_bytes": exp.get("onnx_bytes") or q.get("fp32_bytes"), "quant_bytes": q.get("onnx_bytes"),
+        "engine_bytes": build.get("engine_bytes") or None, "engine_backend": build.get("backend"),
+        "build_status": build.get("status"), "build_reason": build.get("reason"),
+        "throughput": _throughput(tp), "stage_seconds": {s: v.get("seconds") for s, v in stages.items()},
+        "stage_status": {s: v.get("status") for s, v in stages.items()},
+        "tools": m.get("tools") or {}, "git_commit": m.get("git_commit"),
+    }
+    dev = m.get("device") or {}
+    f["device"] = ", ".join(dev.get("gpus") or []) or f"{dev.get('cpu', '?')} ({dev.get('cores', '?')} cores)"
+    failed = next(((s, v) for s, v in stages.items() if v.get("status") == "failed"), None)
+    if failed:
+        cell = f" (cell {failed[1]['failed_cell']})" if failed[1].get("failed_cell") else ""
+        f["verdict"] = f"failed in stage {failed[0]}{cell}: {failed[1].get('error') or failed[1].get('reason') or 'see its notebook'}"
+    elif f["status"] == "passed":
+        parts = ["every stage passed"]
+        if f["gate"] == "pass" and f["map_drop"] is not None:
+            parts.append(f"accuracy gate met: mAP50-95 drop {f['map_drop']:.2f} <= {f['map_drop_max']} points")
+        if f["build_status"] == "skipped":
+            parts.append(f"engine not built here: {f['build_reason']}")
+        f["verdict"] = "; ".join(parts)
+    else:
+        f["verdict"] = f"run {f['status']}: not every stage finished"
+    return f
+
+
+def summary_card(f: dict) -> str:
+    """Return the first screen: verdict, model, recipe, target, accuracy vs gate, sizes, speed, time per stage."""
+    ok = f["status"] == "passed"
+    tp = f["throughput"]
+    rows = {"model": f"{html.escape(f['model'])} <code>sha256 {html.escape(str(f['model_sha256'] or '?')[:16])}</code>",
+            "recipe": html.escape(" / ".join(str(x) for x in (f["recipe"], f["calibration"],
+                                                              f["head_dtype"] and f"head {f['head_dtype']}") if x) or "-"),
+            "target, device": html.escape(f"{f['target'] or '-'} on {f['device']}")}
+    if f["map_fp32"] is not None:
+        cls = {"pass": "pass", "fail": "fail"}.get(f["gate"] or "", "")
+        rows["mAP50-95"] = (f"{f['map_fp32']:.4f} FP32 &rarr; {f['map_quant']:.4f} quantized: <span class='{cls}'>"
+                            f"{f['map_drop']:.2f} points lost</span> (gate &le; {f['map_drop_max']})")
+    elif f["gate"]:
+        rows["accuracy gate"] = f"<span class='{f['gate']}'>{f['gate']}</span>"
+    if f["gate_reasons"]:
+        rows["gate reasons"] = html.escape("; ".join(map(str, f["gate_reasons"])))
+    size = f"FP32 ONNX {_mb(f['fp32_bytes'])} &rarr; quantized ONNX {_mb(f['quant_bytes'])}"
+    if f["engine_bytes"]:
+        size += f" &rarr; {html.escape(str(f['engine_backend']))} engine {_mb(f['engine_bytes'])}"
+    rows["model size"] = size
+    if tp.get("verdict"):
+        rows["throughput"] = (f"<b>{html.escape(tp['verdict'])}</b> ({tp['engine_images_per_s']:,.0f} vs "
+                              f"{tp['fp32_images_per_s']:,.0f} images/s)"
+                              + (f"<br><span class='muted'>{html.escape(tp['note'])}</span>" if tp.get("note") else ""))
+    elif f["build_status"] == "skipped":
+        rows["throughput"] = html.escape(f"not measured: engine skipped ({f['build_reason']})")
+    table = "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows.items()) + "</table>"
+    secs = {s: v for s, v in f["stage_seconds"].items() if _num(v) is not None}
+    total = sum(secs.values())
+    times = plots.bar_chart([f"{s} ({f['stage_status'].get(s)})" for s in secs], {"seconds": list(secs.values())},
+                            f"Wall time per stage (total {total:,.0f} s)", " s", width=430)
+    verdict = f"<p class='verdict'><span class='{'pass' if ok else 'fail'}'>{'PASS' if ok else 'FAIL'}</span>: " \
+              f"{html.escape(f['verdict'])}</p>"
+    return f"<section id='summary' class='card card-{'pass' if ok else 'fail'}'><div>{verdict}{table}</div><div>{times}</div></section>"
+
+
+def figures_html(run_dir: Path, results: dict[str, dict]) -> str:
+    """Return the pictures: precision strip, per-class mAP, agreement, latency vs batch, and the stages' PNGs."""
+    exp, q, cmp, tp = (results[s] for s in ("export", "quantize", "compare", "throughput"))
+    parts = []
+    onnx_path = run_dir / str(q.get("onnx") or "quantize/model.quant.onnx")
+    if q and onnx_path.is_file():
+        layers = layer_precisions(onnx_path, exp.get("head_index"))
+        counts = {p: sum(1 for x in layers if x["precision"] == p) for p in plots.PRECISION_COLOURS}
+        legend = "".join(f"<span style='background:{c}'></span>{p} {counts[p]}" for p, c in plots.PRECISION_COLOURS.items())
+        parts.append(f"<h3>Precision of every layer, in graph order (read from {html.escape(onnx_path.name)})</h3>"
+                     f"<p class='legend'>{len(layers)} layers:{legend}</p>{plots.precision_strip(layers)}")
+    figs = []
+    acc = cmp.get("accuracy") or {}
+    names = {str(k): str(v) for k, v in (exp.get("class_names") or {}).items()}
+    per_f, per_q = (acc.get("fp32") or {}).get("per_class") or {}, (acc.get("quantized") or {}).get("per_class") or {}
+    classes = list(dict.fromkeys([*per_f, *per_q]))[:40]
+    if classes:
+        get = lambda d, c: _num((d.get(c) or {}).get("map50_95"))  # noqa: E731
+        figs.append(plots.bar_chart([names.get(c, c) for c in classes], {"FP32": [get(per_f, c) for c in classes],
+                                    "quantized": [get(per_q, c) for c in classes]}, "mAP50-95 per class", vmax=1.0))
+    agree = cmp.get("agreement") or {}
+    if agree.get("all"):
+        rows = {"all": agree["all"], **(agree.get("per_class") or {})}
+        labels = list(rows)[:40]
+        figs.append(plots.bar_chart(labels, {k: [_num((rows[c] or {}).get(k)) for c in labels] for k in ("recall", "precision")},
+                                    f"Detection agreement with FP32 (conf {agree.get('conf')}, IoU {agree.get('iou')})",
+                                    vmax=1.0))
+    series: dict[str, list] = {}
+    for r in tp.get("rows") or []:
+        if isinstance(r, dict) and _num(r.get("batch")) and _num(r.get("p50_ms")):
+            series.setdefault(f"{r.get('model')} ({r.get('device', '?')})", []).append((r["batch"], r["p50_ms"]))
+    if series:
+        figs.append(plots.line_chart(series, "Latency vs batch (p50)", "batch", "ms per batch"))
+    for stage in STAGES:
+        res = results[stage]
+        for rel in list(dict.fromkeys(res.get("plots") or ([res["plot"]] if res.get("plot") else []))):
+            figs.append(f"<figure>{png(run_dir / str(rel))}<figcaption class='muted'>{html.escape(str(rel))}"
+                        f"</figcaption></figure>")
+    if figs:
+        parts.append("<div class='figs'>" + "".join(f"<div>{x}</div>" for x in figs if x) + "</div>")
+    return "<h2>Pictures</h2>" + "".join(parts) if parts else ""
 
 
 def stage_html(run_dir: Path, stage: str, res: dict) -> str:
-    """Return one stage's section: key facts, tables and inlined plots."""
-    skip = {"rows", "stats", "files", "brightness", "contrast", "layer_precisions", "commands", "quantized_nodes",
-            "head_nodes", "plot", "plots", "agreement", "accuracy", "recipes", "sensitivity", "calib_sweep",
-            "end_to_end", "end_to_end_summary", "table"}
-    parts = [kv_table({k: v for k, v in res.items() if k not in skip})]
-    if res.get("stats"):
-        rows = [{"output": out, "channels": g, **s[g]} for out, s in res["stats"].items() for g in ("boxes", "scores")]
-        parts.append("<h3>Tensor errors, FP32 vs quantized (Polygraphy)</h3>" + rows_table(rows))
-    if res.get("agreement"):
-        agree = res["agreement"]
-        parts.append(f"<h3>Detection agreement after NMS (conf {agree['conf']}, IoU {agree['iou']}, same class)</h3>"
-                     + rows_table([{"class": "all", **agree["all"]}] + [{"class": k, **v} for k, v in agree["per_class"].items()]))
-    if res.get("accuracy"):
-        acc = res["accuracy"]
-        parts.append(f"<h3>Task accuracy on {html.escape(acc['data'])} ({acc['images']} images)</h3>"
-                     f"<p>mAP50-95 {acc['fp32']['map50_95']:.4f} (FP32) -> {acc['quantized']['map50_95']:.4f} (quantized): "
-                     f"drop <b>{acc['drop_points']:.2f} points</b>; mAP50 drop {acc['drop_points_map50']:.2f} points.</p>")
-        classes = sorted(set(acc["fp32"]["per_class"]) | set(acc["quantized"]["per_class"]))
-        parts.append(rows_table([{"class": c, "fp32 mAP50-95": acc["fp32"]["per_class"].get(c, {}).get("map50_95"),
-                                  "quantized mAP50-95": acc["quantized"]["per_class"].get(c, {}).get("map50_95")}
-                                 for c in classes] + [{"class": "small objects", "fp32 mAP50-95": acc["fp32"]["small"]["map50_95"],
-                                                       "quantized mAP50-95": acc["quantized"]["small"]["map50_95"]}]))
-    if res.get("recipes"):
-        parts.append("<h3>Recipes side by side</h3>" + rows_table(res["recipes"]))
-    if res.get("sensitivity"):
-        sens = res["sensitivity"]
-        parts.append(f"<h3>Layer sensitivity</h3><p>{sens['groups']} layer groups; all-INT8 disagreement with FP32 "
-                     f"{sens['baseline_all_int8_loss']:.2f}; top five: {html.escape(', '.join(sens['top5']))}.</p>"
-                     + rows_table(sens["ranked"][:10]))
-        if sens.get("search"):
-            search = sens["search"]
-            verdict = (f"passes with {len(search['float_groups'])} group(s) in float: "
-                       f"{html.escape(', '.join(search['float_groups']) or 'none')}" if search["passed"]
-                       else "no tried set passed the gate")
-            parts.append(f"<p>Recipe search: {verdict}.</p>" + rows_table(search["steps"]))
-            if search["passed"]:
-                parts.append("<p>nodes_to_exclude:</p><pre>" + html.escape(json.dumps(search["nodes_to_exclude"])) + "</pre>")
-    if res.get("calib_sweep"):
-        parts.append("<h3>Calibration-set size sweep</h3>" + rows_table(res["calib_sweep"]))
-    if res.get("rows"):
-        parts.append(rows_table(res["rows"]))
-    if res.get("end_to_end"):
-        parts.append("<h3>End to end: JPEG frames to detections</h3>" + rows_table(res["end_to_end"]))
-    if res.get("layer_precisions"):
-        parts.append(kv_table(res["layer_precisions"]))
-    if res.get("quantized_nodes") is not None and stage == "quantize":
-        parts.append(f"<p>{len(res['quantized_nodes'])} nodes run INT8; {len(res.get('head_nodes', []))} head nodes "
-                     f"kept in {html.escape(str(res.get('high_precision_dtype')))}.</p>")
-    if res.get("commands"):
-        parts.append("<p>Command lines:</p>" + "".join(f"<pre>{html.escape(c)}</pre>" for c in res["commands"]))
-    for plot in res.get("plots") or ([res["plot"]] if res.get("plot") else []):
-        parts.append(_img(run_dir / plot))
+    """Return one stage's result as tables: headline scalars first, then each structured field by name."""
+    hide = {"files", "brightness", "contrast", "quantized_nodes", "head_nodes", "stem_nodes", "plot", "plots", "table"}
+    flat = lambda v: not isinstance(v, (dict, list)) or all(not isinstance(x, (dict, list))  # noqa: E731
+                                                            for x in (v.values() if isinstance(v, dict) else v))
+    scalars = {k: v for k, v in res.items() if k not in hide and flat(v)}
+    parts = [kv_table(scalars)]
+    for key in ("quantized_nodes", "head_nodes", "stem_nodes"):
+        if isinstance(res.get(key), list) and res[key]:
+            parts.append(f"<details><summary>{len(res[key])} {key.replace('_', ' ')}</summary>{_value(res[key])}</details>")
+    for k, v in res.items():
+        if k in hide or k in scalars or not v:
+            continue
+        if k == "commands":
+            parts.append("<h3>command lines</h3>" + "".join(f"<pre>{html.escape(str(c))}</pre>" for c in v))
+            continue
+        title = {"sensitivity": "Layer sensitivity", "recipes": "Recipes side by side",
+                 "agreement": "Detection agreement after NMS", "accuracy": "Task accuracy (mAP)",
+                 "stats": "Tensor errors, FP32 vs quantized (Polygraphy)"}.get(k, k.replace("_", " "))
+        parts.append(f"<h3>{html.escape(title)}</h3>{_value(v)}")
+    if stage:  # in a notebook (stage ''), the plots show through the report's figures instead
+        return "".join(parts)
+    for rel in res.get("plots") or ([res["plot"]] if res.get("plot") else []):
+        parts.append(png(run_dir / str(rel)))
     return "".join(parts)
 
 
-def summary_html(run_dir: Path) -> str:
-    """Return the verdict in a few lines: accuracy against FP32, the gate, sizes, the engine and its speed."""
-    def res(stage: str) -> dict:
-        path = run_dir / stage / "result.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+def render_notebook(path: Path) -> str:
+    """Return an executed notebook as HTML (nbconvert; images inlined, inputs collapsed, parameters open)."""
+    import jinja2
+    import nbformat
+    from nbconvert import HTMLExporter
 
-    q, cmp, build, tp = res("quantize"), res("compare"), res("build"), res("throughput")
-    lines = []
-    if q:
-        lines.append(f"Recipe <b>{html.escape(q['recipe'])}</b> for target {html.escape(q['target'])}: "
-                     f"{len(q.get('quantized_nodes', []))} nodes INT8, head kept in {html.escape(q['high_precision_dtype'])}; "
-                     f"{q['calibration_method']} calibration on {q['calibration_images']} images.")
-    if cmp.get("accuracy"):
-        acc = cmp["accuracy"]
-        lines.append(f"mAP50-95 {acc['fp32']['map50_95']:.4f} FP32 -> {acc['quantized']['map50_95']:.4f} quantized: "
-                     f"<b>{acc['drop_points']:.2f} points</b> lost (gate {cmp['thresholds']['map_drop_max']}).")
-    if cmp.get("reasons"):
-        lines.append("<span class='failed'>Gate failed: " + html.escape("; ".join(cmp["reasons"])) + "</span>")
-    search = (cmp.get("sensitivity") or {}).get("search") or {}
-    if search.get("passed"):
-        lines.append(f"Recipe search: keeping {html.escape(', '.join(search['float_groups']) or 'nothing')} in float "
-                     f"loses {search['steps'][-1]['map50_95_drop_points']:.2f} points (compare/nodes_to_exclude.json).")
-    if build:
-        lines.append(f"Engine: {html.escape(build.get('backend', ''))} ({html.escape(build.get('status', ''))}"
-                     + (f": {html.escape(build['reason'])}" if build.get("reason") else "") + ").")
-    if tp.get("rows"):
-        best = max(tp["rows"], key=lambda r: r["images_per_s"])
-        lines.append(f"Fastest measured: {html.escape(str(best['model']))} at batch {best['batch']}, "
-                     f"{best['images_per_s']:.0f} images/s.")
-    return "<h2>Summary</h2><ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>" if lines else ""
+    exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"yc_report.j2": _NB_TEMPLATE})],
+                            template_file="yc_report.j2")
+    body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
+    return body
+
+
+def notebooks_html(run_dir: Path, manifest: dict) -> str:
+    """Return every executed notebook of the run, each in its own section."""
+    parts = []
+    for stage, info in (manifest.get("stages") or {}).items():
+        path = run_dir / str(info.get("notebook") or "")
+        if not info.get("notebook") or not path.is_file():
+            continue
+        try:
+            body = render_notebook(path)
+        except Exception as e:  # noqa: BLE001 - a report must still be written; say what went wrong instead
+            body = f"<p class='failed'>could not render {html.escape(path.name)}: {html.escape(repr(e))}</p>"
+        parts.append(f"<details class='nb' id='nb-{html.escape(stage)}'{' open' if info.get('status') == 'failed' else ''}>"
+                     f"<summary>{html.escape(path.name)} <span class='{html.escape(str(info.get('status')))}'>"
+                     f"{html.escape(str(info.get('status')))}</span></summary>{body}</details>")
+    return "<h2>Executed notebooks</h2>" + "".join(parts) if parts else ""
 
 
 def write_report(run_dir: str | Path, status: str | None = None) -> Path:
-    """Write run_dir/report.html from the manifest and every stage's result.json; return its path."""
+    """Write run_dir/report.html from the manifest, each stage's result.json and notebooks; return its path."""
     run_dir = Path(run_dir)
     m = runs.read_manifest(run_dir)
-    status = status or m.get("status", "unknown")
+    f = facts(run_dir, status)
+    results = read_results(run_dir)
     stage_rows = [{"stage": s, "status": v.get("status"), "seconds": v.get("seconds"), "notebook": v.get("notebook"),
-                   "reason / error": v.get("error") or v.get("reason") or ""} for s, v in m.get("stages", {}).items()]
-    body = [f"<h1>yolo-compile report: <span class='{status}'>{html.escape(status)}</span></h1>",
-            kv_table({"workflow": m.get("workflow"), "run folder": m.get("run_dir"), "created (UTC)": m.get("created_utc"),
-                      "git commit": m.get("git_commit")}),
-            "<h2>Stages</h2>", rows_table(stage_rows), summary_html(run_dir)]
+                   "reason / error": v.get("error") or v.get("reason") or ""} for s, v in (m.get("stages") or {}).items()]
+    body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", summary_card(f),
+            figures_html(run_dir, results), "<h2>Stages</h2>", rows_table(stage_rows)]
     for stage in STAGES:
-        path = run_dir / stage / "result.json"
-        if path.is_file():
-            res = json.loads(path.read_text())
-            body.append(f"<h2>{stage} <span class='{res.get('status')}'>{html.escape(str(res.get('status')))}</span></h2>")
-            body.append(stage_html(run_dir, stage, res))
-    body += ["<h2>Parameters</h2>", kv_table(m.get("parameters", {})), "<h2>Inputs</h2>", kv_table(m.get("inputs", {})),
-             "<h2>Tools</h2>", kv_table(m.get("tools", {})), "<h2>Device</h2>", kv_table(m.get("device", {}))]
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>yolo-compile {html.escape(run_dir.name)}</title>" \
-           f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>"
+        res = results[stage]
+        if res:
+            body.append(f"<h3 id='stage-{stage}'>{stage} <span class='{html.escape(str(res.get('status')))}'>"
+                        f"{html.escape(str(res.get('status')))}</span></h3>{stage_html(run_dir, stage, res)}"
+                        f"<details><summary>raw result.json</summary><pre>{html.escape(json.dumps(res, indent=1))}"
+                        f"</pre></details>")
+    body.append(notebooks_html(run_dir, m))
+    body += ["<h2>Provenance</h2>", kv_table({"workflow": m.get("workflow"), "run folder": m.get("run_dir"),
+                                              "created (UTC)": m.get("created_utc"), "finished (UTC)": m.get("finished_utc"),
+                                              "git commit": m.get("git_commit")}),
+             "<h3>Parameters</h3>", kv_table(m.get("parameters") or {}), "<h3>Inputs</h3>", _value(m.get("inputs") or {}),
+             "<h3>Tools</h3>", kv_table(m.get("tools") or {}), "<h3>Device</h3>", kv_table(m.get("device") or {}),
+             "<details><summary>raw manifest.json</summary><pre>" + html.escape(json.dumps(m, indent=1)) + "</pre></details>"]
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            f"content='width=device-width,initial-scale=1'><title>yolo-compile {html.escape(run_dir.name)}: "
+            f"{html.escape(f['status'])}</title><style>{_CSS}{_pygments_css()}</style></head><body>{''.join(body)}</body></html>")
     return runs.write_text(run_dir / "report.html", page)
 
+
+def _pygments_css() -> str:
+    try:
+        from pygments.formatters import HtmlFormatter
+
+        return HtmlFormatter(style="default").get_style_defs(".highlight")
+    except ImportError:
+        return ""
