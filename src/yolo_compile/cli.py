@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--calib", help="calibration image folder; default: calib_data/aoi")
     r.add_argument("--eval", help="held-out image folder for the compare stage; default: the reference val split")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
-    r.add_argument("--artifacts", help="where run folders go; default: artifacts/runs")
+    r.add_argument("--artifacts", "--out", help="where run folders go; default: artifacts/runs")
     for p in (r, sub.add_parser("resume", help="finish a run that died: yolo-compile resume RUN_DIR")):
         p.add_argument("-v", "--verbose", action="store_true", help="show papermill's log and the notebooks' output")
         p.add_argument("--no-cache", action="store_true", help="run every stage's notebook, ignoring the stage cache")
@@ -44,7 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--artifacts", help="where run folders go; default: ./artifacts/runs")
     mx.add_argument("--shared", help="a folder every node can write: runs are written there instead of shipped back")
     mx.add_argument("--wait-for-gpu", action="store_true", help="queue TensorRT entries until a GPU node joins")
+    from .archive import add_commands
+
+    add_commands(sub)  # ls, diff, verify, gc, review
     args = ap.parse_args(argv)
+    if getattr(args, "handler", None):
+        try:
+            return args.handler(args)
+        except CompileError as e:
+            print(f"yolo-compile: {e}", file=sys.stderr)
+            return 2
     verbose = getattr(args, "verbose", False)
     _quiet_logging(verbose)
     from .workflow import config_class, resume, run_workflow

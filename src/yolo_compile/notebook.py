@@ -30,3 +30,40 @@ def show(result: Any, run_dir: str) -> None:
     from .report import stage_html
 
     display(HTML(stage_html(Path(run_dir), "", runs.to_jsonable(result))))
+
+
+def clean_executed(path: str | Path) -> bool:
+    """Strip an executed notebook of per-cell timings and machine paths, keeping parameters; True if it changed.
+
+    What stays: outputs, execution counts, cell tags (the injected-parameters cell stays visible), and the
+    notebook-level papermill record (parameters, start/end time, duration, version). What goes: per-cell
+    iopub/papermill timestamps (noise in every diff) and the absolute path of the source notebook.
+    """
+    import json
+
+    from .runs import write_text
+
+    path = Path(path)
+    nb = json.loads(path.read_text())
+    before = json.dumps(nb, sort_keys=True)
+    for cell in nb.get("cells", []):
+        md = cell.get("metadata", {})
+        md.pop("execution", None)
+        md.pop("papermill", None)
+        if not md.get("tags"):
+            md.pop("tags", None)
+    pm = nb.get("metadata", {}).get("papermill")
+    if isinstance(pm, dict):
+        pm["input_path"] = f"notebooks/{Path(str(pm.get('input_path', path.name))).name}"
+        pm["output_path"] = path.name
+        if not pm.get("environment_variables"):
+            pm.pop("environment_variables", None)
+    if json.dumps(nb, sort_keys=True) == before:
+        return False
+    write_text(path, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return True
+
+
+def clean_run_notebooks(run_dir: str | Path) -> list[Path]:
+    """Clean every executed notebook (NN_<stage>.ipynb) at the top of a run folder; return those changed."""
+    return [p for p in sorted(Path(run_dir).glob("[0-9][0-9]_*.ipynb")) if clean_executed(p)]

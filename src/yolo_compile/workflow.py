@@ -171,6 +171,7 @@ def resume(run_dir: str | Path, *, use_cache: bool = True, verbose: bool = False
 
 def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose: bool, on_stage, resuming: bool = False) -> dict:
     """Run (or keep, or restore from cache) each stage in order; finish the manifest and the report."""
+    from . import notebook
     from .report import write_report
 
     cache = stagecache.StageCache(runs.cache_root(run_dir))
@@ -208,6 +209,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 status = "failed"
                 runs.record_stage(run_dir, stage, integrity=f"changed after the stage ended: {', '.join(bad)}")
         try:
+            notebook.clean_run_notebooks(run_dir)  # per-cell timings and machine paths out, parameters kept
             write_report(run_dir, status)
         except Exception as e:  # a report that cannot render must not hide the run's own verdict
             log.error("report.html could not be written: %s: %s", type(e).__name__, e)
