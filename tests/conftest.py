@@ -114,3 +114,28 @@ def run_copy(quantized_run, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(quantized_run, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, quantized_run, image_sets) -> Path:
+    """A finished run folder: quantized_run's stages, the calibrate notebook executed by papermill, report, hashes."""
+    import papermill as pm
+
+    from yolo_compile import notebook, runs
+    from yolo_compile.report import write_report
+    from yolo_compile.workflow import notebook_for
+
+    run = tmp_path_factory.mktemp("finished") / "20260101T000000Z-0000test"
+    shutil.copytree(quantized_run, run)
+    params = {"recipe": "mixed", "target": "cpu", "imgsz": IMGSZ, "calib_dir": str(image_sets["calib"]), "calib_images": 8}
+    runs.init_manifest(run, "default", params, {"calib_dir": str(image_sets["calib"])})
+    nb = notebook_for("calibrate").name
+    pm.execute_notebook(str(notebook_for("calibrate")), str(run / nb), cwd=str(run), progress_bar=False,
+                        kernel_name="python3", parameters={"run_dir": str(run), "calib_dir": str(image_sets["calib"]),
+                                                           "calib_images": 8})
+    for stage in ("export", "calibrate", "quantize"):
+        runs.record_stage(run, stage, status="passed", seconds=1.0, notebook=nb if stage == "calibrate" else None)
+    notebook.clean_run_notebooks(run)
+    write_report(run, "passed")
+    runs.finish_manifest(run, "passed")
+    return run

@@ -26,7 +26,9 @@ _HEX64 = re.compile(rb"[0-9a-f]{64}")
 
 def runs_root(given: str | None = None) -> Path:
     """Return where run folders live: the given folder, else ./artifacts/runs of the working directory."""
-    return Path(given) if given else Path.cwd() / "artifacts" / "runs"
+    from .resources import runs_root as root
+
+    return root(given)
 
 
 def list_runs(root: Path) -> list[Path]:

@@ -206,7 +206,7 @@ def facts(run_dir: str | Path, status: str | None = None) -> dict:
     f: dict[str, Any] = {
         "run": run_dir.name, "status": status or m.get("status", "unknown"), "workflow": m.get("workflow"),
         "created": m.get("created_utc"),
-        "model": Path(str(model_in.get("path") or params.get("model") or "?")).name,
+        "model": Path(str(model_in.get("path") or params.get("model") or (exp.get("source") or {}).get("path") or "?")).name,
         "model_sha256": model_in.get("sha256") or exp.get("checkpoint_sha256"),
         "recipe": q.get("recipe") or params.get("recipe"), "target": q.get("target") or params.get("target"),
         "calibration": (f"{q['calibration_method']}, {q.get('calibration_images')} images"

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import STAGES, runs, stagecache
+from . import STAGES, resources, runs, stagecache
 from .config import build
 from .errors import ConfigError, WorkflowError
 
 log = logging.getLogger(__name__)
-NOTEBOOKS = runs.REPO_ROOT / "notebooks"
-WORKFLOWS = runs.REPO_ROOT / "workflows"
+NOTEBOOKS = resources.path("notebooks")
+WORKFLOWS = resources.path("workflows")
 CONFIGS = {"export": "ExportConfig", "calibrate": "CalibrateConfig", "quantize": "QuantizeConfig",
            "compare": "CompareConfig", "build": "BuildConfig", "throughput": "ThroughputConfig"}
 PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache")
@@ -25,9 +25,7 @@ PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache")
 
 def reference_defaults() -> dict[str, str]:
     """Return the default model and image sets: the project's reference AOI detector and its splits."""
-    root = runs.REPO_ROOT
-    return {"model": str(root / "models" / "aoi_yolov8n.pt"), "calib_dir": str(root / "calib_data" / "aoi"),
-            "eval_dir": str(root / "data" / "aoi" / "val" / "images"), "data": str(root / "data" / "aoi" / "data.yaml")}
+    return resources.reference_paths()
 
 
 def notebook_for(stage: str) -> Path:
@@ -131,7 +129,7 @@ def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     wf = load_workflow(name_or_path)
     params = resolve_params(wf, overrides or {})
     validate.check(wf, params)
-    root = Path(artifacts) if artifacts else runs.REPO_ROOT / "artifacts" / "runs"
+    root = resources.runs_root(artifacts)
     model = Path(params["model"])
     fingerprint = {"workflow": wf["name"], "params": params,
                    "model_sha256": runs.sha256(model) if model.is_file() else params["model"]}
