@@ -280,6 +280,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     token = secrets.token_urlsafe(18)
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.root_dir={run_dir}", f"--ServerApp.ip={args.ip}",
            f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI run as root; Jupyter refuses without this
+        cmd.append("--allow-root")
     proc = subprocess.Popen(cmd, cwd=run_dir, stdout=subprocess.DEVNULL if not args.verbose else None,
                             stderr=subprocess.DEVNULL if not args.verbose else None, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://{args.ip}:{port}/lab/tree/{first}?token={token}"
