@@ -38,6 +38,16 @@ _NB_TEMPLATE = """{%- extends 'classic/base.html.j2' -%}
 <summary>{% if 'injected-parameters' in tags %}parameters this run used{% elif 'parameters' in tags %}default \
 parameters{% else %}code{% endif %} [{{ cell.execution_count or ' ' }}]</summary>{{ super() }}</details>
 {%- endblock input_group %}
+{% block stream_stdout -%}
+{%- set n = output.text.count('\n') -%}
+{%- if n > 12 %}<details class="nb-log"><summary>printed output ({{ n }} lines)</summary>{{ super() }}</details>
+{%- else %}{{ super() }}{% endif -%}
+{%- endblock stream_stdout %}
+{% block stream_stderr -%}
+{%- set n = output.text.count('\n') -%}
+{%- if n > 12 %}<details class="nb-log"><summary>log, stderr ({{ n }} lines)</summary>{{ super() }}</details>
+{%- else %}{{ super() }}{% endif -%}
+{%- endblock stream_stderr %}
 """
 
 
@@ -353,9 +363,11 @@ def render_notebook(path: Path) -> str:
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"yc_report.j2": _NB_TEMPLATE})],
                             template_file="yc_report.j2")
+    exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)  # progress bars: last state
     body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
     return body
 
