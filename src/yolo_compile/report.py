@@ -260,7 +260,7 @@ def summary_card(f: dict) -> str:
             "recipe": html.escape(" / ".join(str(x) for x in (f["recipe"], f["calibration"],
                                                               f["head_dtype"] and f"head {f['head_dtype']}") if x) or "-"),
             "target, device": html.escape(f"{f['target'] or '-'} on {f['device']}")}
-    if f["map_fp32"] is not None:
+    if None not in (f["map_fp32"], f["map_quant"], f["map_drop"]):
         cls = {"pass": "pass", "fail": "fail"}.get(f["gate"] or "", "")
         rows["mAP50-95"] = (f"{f['map_fp32']:.4f} FP32 &rarr; {f['map_quant']:.4f} quantized: <span class='{cls}'>"
                             f"{f['map_drop']:.2f} points lost</span> (gate &le; {f['map_drop_max']})")
