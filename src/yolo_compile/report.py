@@ -180,12 +180,12 @@ def layer_precisions(onnx_path: Path, head_index: int | None) -> list[dict]:
 def _throughput(tp: dict) -> dict:
     """Return the engine's gain over the FP32 baseline at the largest batch both ran, and the honest verdict."""
     rows = [r for r in tp.get("rows") or [] if isinstance(r, dict) and _num(r.get("images_per_s"))]
-    eng = [r for r in rows if str(r.get("model", "")).startswith("engine")]
+    eng = [r for r in rows if r.get("shipped")] or [r for r in rows if str(r.get("model", "")).startswith("engine")]
     if not eng:
         return {}
-    device = eng[0].get("device")
-    base = [r for r in rows if "fp32" in str(r.get("model", "")).lower() and r.get("device") == device] or \
-           [r for r in rows if "fp32" in str(r.get("model", "")).lower()]
+    device, backend = eng[0].get("device"), eng[0].get("backend")
+    fp32 = [r for r in rows if "fp32" in str(r.get("model", "")).lower()]
+    base = ([r for r in fp32 if r.get("backend") == backend] or [r for r in fp32 if r.get("device") == device] or fp32)
     common = sorted({r.get("batch") for r in eng} & {r.get("batch") for r in base}, key=lambda b: _num(b) or 0)
     best = max(eng, key=lambda r: r["images_per_s"])
     out = {"engine": best.get("model"), "device": device, "best_images_per_s": best["images_per_s"],
