@@ -57,6 +57,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """Print the runs newest first: status, model, recipe, target, gate, mAP drop, size, throughput."""
+    from .plots import number
     from .report import facts
 
     root = runs_root(args.artifacts)
@@ -67,7 +68,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append([run.name, f["status"], f["workflow"] or "-", f["model"], f["recipe"] or "-", f["target"] or "-",
                      f["gate"] or "-", "-" if f["map_drop"] is None else f"{f['map_drop']:.2f}",
                      _mb(f["engine_bytes"] or f["quant_bytes"]),
-                     f"{tp['gain']:.2f}x fp32 ({tp['engine_images_per_s']:.0f}/s)" if tp.get("gain") else "-"])
+                     f"{tp['gain']:.2f}x fp32 ({number(tp['engine_images_per_s'])}/s)" if tp.get("gain") else "-"])
     print(_table(rows) if len(rows) > 1 else f"no runs in {root}")
     return 0
 

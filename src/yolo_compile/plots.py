@@ -40,8 +40,12 @@ def _esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _fmt(v: float) -> str:
+def number(v: float) -> str:
+    """Return v with thousands separators from 100 up, else three significant digits (1.23, 0.0456)."""
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+_fmt = number
 
 
 def precision_strip(layers: list[dict], width: int = 1040) -> str:

@@ -273,8 +273,8 @@ def summary_card(f: dict) -> str:
         size += f" &rarr; {html.escape(str(f['engine_backend']))} engine {_mb(f['engine_bytes'])}"
     rows["model size"] = size
     if tp.get("verdict"):
-        rows["throughput"] = (f"<b>{html.escape(tp['verdict'])}</b> ({tp['engine_images_per_s']:,.0f} vs "
-                              f"{tp['fp32_images_per_s']:,.0f} images/s)"
+        rows["throughput"] = (f"<b>{html.escape(tp['verdict'])}</b> ({plots.number(tp['engine_images_per_s'])} vs "
+                              f"{plots.number(tp['fp32_images_per_s'])} images/s)"
                               + (f"<br><span class='muted'>{html.escape(tp['note'])}</span>" if tp.get("note") else ""))
     elif f["build_status"] == "skipped":
         rows["throughput"] = html.escape(f"not measured: engine skipped ({f['build_reason']})")
