@@ -97,7 +97,7 @@ def diff_sections(a: Path, b: Path) -> list[tuple[str, list[tuple[str, str, str]
         return {k: "-" if v is None else f"{v:.4f}" for k, v in out.items()}
 
     def speed(res: dict) -> dict:
-        return {f"{r.get('model')} ({r.get('device')}) batch {r.get('batch')}": f"{r['images_per_s']:.1f} img/s"
+        return {f"{r.get('model')} [{r.get('backend')}, {r.get('device')}] batch {r.get('batch')}": f"{r['images_per_s']:.1f} img/s"
                 for r in res.get("rows") or [] if isinstance(r, dict) and isinstance(r.get("images_per_s"), (int, float))}
 
     def sizes(f: dict) -> dict:
