@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import resources, runs
 
 log = logging.getLogger(__name__)
 KEY_VERSION = 1
@@ -32,8 +32,8 @@ def code_version() -> str:
     """Return the sha256 of the package's sources and the stage notebooks (a code change invalidates the cache)."""
     h = hashlib.sha256()
     pkg = Path(__file__).resolve().parent
-    driver = {"cli.py", "workflow.py", "validate.py", "stagecache.py", "report.py"}  # shape no stage's output
-    files = sorted(f for f in pkg.glob("*.py") if f.name not in driver) + sorted((runs.REPO_ROOT / "notebooks").glob("*.ipynb"))
+    driver = {"cli.py", "workflow.py", "validate.py", "stagecache.py", "report.py", "archive.py"}  # shape no stage's output
+    files = sorted(f for f in pkg.glob("*.py") if f.name not in driver) + sorted(resources.path("notebooks").glob("*.ipynb"))
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
