@@ -26,6 +26,7 @@ TITLES = {
     "compare": "Compare: Polygraphy runs FP32 vs quantized on held-out images; boxes and scores gated apart",
     "build": "Build: TensorRT (strongly typed, via Polygraphy) or the faster verified CPU engine (OpenVINO IR or ONNX Runtime)",
     "throughput": "Throughput: latency and images/s of the engine and the FP32 baseline, batch sweep",
+    "bandwidth": "Bandwidth: bytes a frame of the compiled model for a camera set, and the link that saturates",
 }
 
 

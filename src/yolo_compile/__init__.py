@@ -6,4 +6,4 @@ imports its heavy backends inside the functions that need them.
 
 __version__ = "0.1.0"
 
-STAGES = ("export", "calibrate", "quantize", "compare", "build", "throughput")
+STAGES = ("export", "calibrate", "quantize", "compare", "build", "throughput", "bandwidth")

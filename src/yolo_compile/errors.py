@@ -43,3 +43,7 @@ class WorkflowError(CompileError):
 
 class InputError(ConfigError):
     """An input (parameter, path, image folder, model file, data.yaml) is unusable: refused before anything runs."""
+
+
+class BandwidthError(CompileError):
+    pass

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 NOTEBOOKS = resources.path("notebooks")
 WORKFLOWS = resources.path("workflows")
 CONFIGS = {"export": "ExportConfig", "calibrate": "CalibrateConfig", "quantize": "QuantizeConfig",
-           "compare": "CompareConfig", "build": "BuildConfig", "throughput": "ThroughputConfig"}
+           "compare": "CompareConfig", "build": "BuildConfig", "throughput": "ThroughputConfig",
+           "bandwidth": "BandwidthConfig"}
 PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache")
 
 

@@ -93,7 +93,7 @@ def test_tensorrt_target_without_tensorrt_ends_with_build_and_throughput_skipped
     run_dir, m = _only_run(tmp_path)
     status = {s: v["status"] for s, v in m["stages"].items()}
     assert status == {"export": "passed", "calibrate": "passed", "quantize": "passed", "compare": "passed",
-                      "build": "skipped", "throughput": "skipped"}
+                      "build": "skipped", "throughput": "skipped", "bandwidth": "passed"}
     assert "tensorrt" in m["stages"]["build"]["reason"]
     assert json.loads((run_dir / "quantize" / "result.json").read_text())["high_precision_dtype"] == "fp16"
     assert "trtexec" in (run_dir / "report.html").read_text()
