@@ -233,7 +233,8 @@ def link_rows(paths: list[dict], streams: tuple[int, ...], fps: float) -> list[d
         for p in paths:
             per_frame = max(p["link_in_bytes"], p["link_out_bytes"]) if kind == "duplex" else p["memory_bytes"]
             rate = gbps * 1e9
-            row = {"link": key, "name": name, "gb_per_s": round(gbps, 2), "path": p["path"],
+            binding = "memory" if kind == "shared" else "input" if p["link_in_bytes"] >= p["link_out_bytes"] else "output"
+            row = {"link": key, "name": name, "gb_per_s": round(gbps, 2), "path": p["path"], "binding": binding,
                    "bytes_per_frame": per_frame, "max_streams": math.floor(rate / (per_frame * fps))}
             for n in sorted(streams):
                 row[f"utilisation_{n}_streams_pct"] = round(100 * n * fps * per_frame / rate, 2)
@@ -295,6 +296,10 @@ def budget_notes(res: BandwidthResult) -> list[str]:
         p = "uint8 upload"
         notes.append(f"{p}: a shared memory bus carries {mem[p]['max_streams']} streams, PCIe Gen4 x8 "
                      f"{pcie[p]['max_streams']}: on an edge module the model's own traffic, not the upload, is the budget")
+    down = [p["path"] for p in res.paths if p["link_out_bytes"] > p["link_in_bytes"]]
+    if down:
+        notes.append(f"{', '.join(down)}: the raw output ({res.output_bytes:,} bytes down) outweighs the input up; "
+                     "NMS on the device (at most 300 boxes x 6 values x 4 bytes = 7,200 bytes) would lift that limit")
     if res.compute:
         notes.append(f"compute: the fastest measured engine ({res.compute['model']}, {res.compute['device']}, batch "
                      f"{res.compute['batch']}) carries {res.compute['max_streams']} streams at {res.fps:g} fps on this machine")
@@ -311,7 +316,7 @@ def markdown(res: BandwidthResult) -> str:
         return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
                          + ["| " + " | ".join(fmt(r.get(k, "")) for k in keys) + " |" for r in rows])
 
-    parts = [f"# Bandwidth budget: {res.streams} streams of {res.camera} at {res.fps:g} fps, model input {res.imgsz}",
+    parts = [f"# Bandwidth budget: {', '.join(map(str, res.streams))} streams of {res.camera} at {res.fps:g} fps, model input {res.imgsz}",
              f"**Verdict:** {res.verdict}", f"Compiled precision: {res.precision}.",
              "## Input, bytes a frame", table(res.inputs), "## Weights", table(res.weights),
              "## Activations a frame", table(res.activations), f"Output: {res.output_bytes:,} bytes a frame.",

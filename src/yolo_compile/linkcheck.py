@@ -20,7 +20,7 @@ def nvml_link() -> tuple[object, dict, str]:
     try:
         import pynvml  # nvidia-ml-py
     except ImportError:
-        return None, {}, "nvidia-ml-py is not installed (pip install 'yolo-compile[gpu]')"
+        return None, {}, "nvidia-ml-py is not installed (pip install 'yolo-compile[bandwidth]')"
     try:
         pynvml.nvmlInit()
         handle = pynvml.nvmlDeviceGetHandleByIndex(0)
