@@ -13,11 +13,12 @@ def plot_budget(res, path: Path) -> Path:
     bars = [(r["representation"], r["bytes"], "tab:blue") for r in res.inputs]
     bars += [(f"weights {r['precision']} / frame (batch {batch})", r[f"per_frame_batch_{batch}"], "tab:orange")
              for r in res.weights]
-    bars += [(f"activations {r['precision']} (read + written)", r["total_bytes"], "tab:green") for r in res.activations]
+    bars += [(f"activations {r['precision']} (r + w)", r["total_bytes"], "tab:green") for r in res.activations]
     bars.append(("output", res.output_bytes, "tab:gray"))
     fig, (ax, ax2) = plots.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.3]})
     ax.barh([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
     ax.set_xscale("log")
+    ax.minorticks_off()  # log-scale minor ticks dominate the drawing time
     ax.invert_yaxis()
     ax.set_xlabel("bytes a frame (log)")
     ax.tick_params(axis="y", labelsize=7)
@@ -49,9 +50,10 @@ def plot_links(res, link: str, path: Path) -> Path:
         ax.bar([j + i * width for j in range(len(links))], vals, width, label=p)
     ax.axhline(100, color="red", lw=1)
     ax.set_yscale("log")
+    ax.minorticks_off()
     ax.set_xticks([j + width * (len(paths) - 1) / 2 for j in range(len(links))],
                   [lk + (" *" if lk == link else "") for lk in links], fontsize=8)
     ax.set_ylabel(f"utilisation at {n} x {res.fps:g} fps (%, log)")
     ax.set_title(f"{n} streams of {res.camera}; * = verdict link; red = saturated", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     return plots.save(fig, path)
