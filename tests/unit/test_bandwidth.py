@@ -127,7 +127,6 @@ def test_stage_writes_verdict_links_table_and_plots(budget):
 
 
 def test_gpu_crosscheck_skips_with_its_reason_without_a_gpu(budget):
-    from yolo_compile.config import tensorrt_available  # noqa: F401  (import-light check of the package)
     from pathlib import Path
 
     gpus = Path("/proc/driver/nvidia/gpus")
