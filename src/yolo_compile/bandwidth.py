@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def run(cfg: BandwidthConfig, run_dir: str | Path) -> BandwidthResult:
 
     from . import traffic
 
+    start = time.perf_counter()
     run_dir = Path(run_dir)
     exp = runs.require_passed(run_dir, "export")
     q = runs.read_result(run_dir, "quantize")
@@ -107,37 +109,36 @@ def run(cfg: BandwidthConfig, run_dir: str | Path) -> BandwidthResult:
     size, (cam_w, cam_h) = int(exp["imgsz"]), cfg.camera_size()
     batch = max(cfg.streams)
     skipped, notes = [], []
-    with runs.Timer() as t:
-        model = onnx.load(str(run_dir / q["onnx"]))
-        w = traffic.weight_bytes(model)
-        shapes = traffic.static_shapes(model)
-        acts = {p: traffic.activation_traffic(model, p, shapes=shapes) for p in ("compiled", "fp16", "fp32")}
-        jpeg = measure_jpeg(cfg.eval_dir, cam_w * cam_h)
-        if not jpeg:
-            skipped.append("jpeg to gpu: eval_dir holds no JPEG frames to measure the bitstream on "
-                           f"({cfg.eval_dir or 'eval_dir is empty'})")
-        inputs = input_rows(size, cam_w, cam_h, jpeg)
-        weights = [{"precision": p, "bytes": b, "per_frame_batch_1": b, f"per_frame_batch_{batch}": b / batch}
-                   for p, b in (("fp32", w.fp32_bytes), ("fp16", w.fp16_bytes), ("compiled", w.compiled_bytes))]
-        out_bytes = acts["compiled"].output_bytes
-        paths = path_rows(size, cam_w * cam_h, jpeg, w.compiled_bytes / batch, acts["compiled"], out_bytes)
-        links = link_rows(paths, cfg.streams, cfg.fps)
-        compute = compute_row(run_dir, cfg.fps)
-        gpu = []
-        if cfg.gpu_check:
-            from .linkcheck import crosscheck
+    model = onnx.load(str(run_dir / q["onnx"]))
+    w = traffic.weight_bytes(model)
+    shapes = traffic.static_shapes(model)
+    acts = {p: traffic.activation_traffic(model, p, shapes=shapes) for p in ("compiled", "fp16", "fp32")}
+    jpeg = measure_jpeg(cfg.eval_dir, cam_w * cam_h)
+    if not jpeg:
+        skipped.append("jpeg to gpu: eval_dir holds no JPEG frames to measure the bitstream on "
+                       f"({cfg.eval_dir or 'eval_dir is empty'})")
+    inputs = input_rows(size, cam_w, cam_h, jpeg)
+    weights = [{"precision": p, "bytes": b, "per_frame_batch_1": b, f"per_frame_batch_{batch}": b / batch}
+               for p, b in (("fp32", w.fp32_bytes), ("fp16", w.fp16_bytes), ("compiled", w.compiled_bytes))]
+    out_bytes = acts["compiled"].output_bytes
+    paths = path_rows(size, cam_w * cam_h, jpeg, w.compiled_bytes / batch, acts["compiled"], out_bytes)
+    links = link_rows(paths, cfg.streams, cfg.fps)
+    compute = compute_row(run_dir, cfg.fps)
+    gpu = []
+    if cfg.gpu_check:
+        from .linkcheck import crosscheck
 
-            gpu, why = crosscheck(paths, batch, size, jpeg)
-            skipped += why
-        else:
-            skipped.append("GPU cross-check: gpu_check is false")
-        delta = {}
-        if cfg.delta_frames:
-            from . import delta as delta_mod
+        gpu, why = crosscheck(paths, batch, size, jpeg)
+        skipped += why
+    else:
+        skipped.append("GPU cross-check: gpu_check is false")
+    delta = {}
+    if cfg.delta_frames:
+        from . import delta as delta_mod
 
-            delta = delta_mod.measure(run_dir, cfg.delta_frames)
-        else:
-            skipped.append("feature delta encoding: delta_frames is 0 (bench/delta.py measures it; docs/bandwidth/delta.md)")
+        delta = delta_mod.measure(run_dir, cfg.delta_frames)
+    else:
+        skipped.append("feature delta encoding: delta_frames is 0 (bench/delta.py measures it; docs/bandwidth/delta.md)")
     int8_share = w.int8_elements / max(w.int8_elements + w.float_elements, 1)
     result = BandwidthResult(
         status="passed", camera=f"{cam_w}x{cam_h}", fps=cfg.fps, streams=list(cfg.streams), imgsz=size,
@@ -146,7 +147,7 @@ def run(cfg: BandwidthConfig, run_dir: str | Path) -> BandwidthResult:
         activations=[{"precision": p, "read_bytes": a.read_bytes, "written_bytes": a.written_bytes,
                       "total_bytes": a.read_bytes + a.written_bytes} for p, a in acts.items()],
         layer_groups=group_rows(acts), output_bytes=out_bytes, paths=paths, links=links, compute=compute,
-        gpu_check=gpu, delta=delta, skipped=skipped, notes=notes, seconds=round(t.seconds, 2))
+        gpu_check=gpu, delta=delta, skipped=skipped, notes=notes)
     result.verdict = verdict(links, cfg.link, batch, f"{cam_w}x{cam_h}", cfg.fps)
     result.notes += budget_notes(result)
     out = runs.stage_dir(run_dir, STAGE)
@@ -155,6 +156,7 @@ def run(cfg: BandwidthConfig, run_dir: str | Path) -> BandwidthResult:
 
     result.plots = [f"{STAGE}/{plot_budget(result, out / 'bytes_per_frame.png').name}",
                     f"{STAGE}/{plot_links(result, cfg.link, out / 'links.png').name}"]
+    result.seconds = round(time.perf_counter() - start, 2)  # the plots included
     runs.write_result(run_dir, STAGE, result)
     return result
 
