@@ -35,7 +35,7 @@ def frames_at(folder: Path, count: int, size: tuple[int, int] | None, quality: i
     """Return count JPEGs from folder, re-encoded at size (w, h) when given (what a camera of that size sends)."""
     import cv2
 
-    from yolo_compile.pipeline import read_jpegs
+    from yolo_compile.frames import read_jpegs
 
     jpegs = read_jpegs(folder, count)
     if size is None:
@@ -86,7 +86,7 @@ def letterbox_into(dst, imgs: list, size: int) -> None:
     import torch.nn.functional as F
 
     from yolo_compile.images import PAD_VALUE
-    from yolo_compile.pipeline import letterbox_geometry
+    from yolo_compile.frames import letterbox_geometry
 
     dst.fill_(PAD_VALUE / 255.0)
     for k, img in enumerate(imgs):
@@ -140,8 +140,8 @@ def dali_decoder(batch: int, size: int):
 
 
 def make_pipeline(net, label: str, batch: int, size: int):
-    """Return a pipeline.GpuPipeline for a label (the three built-in paths, DALI or nvImageCodec)."""
-    from yolo_compile import pipeline
+    """Return a frames.GpuPipeline for a label (the three built-in paths, DALI or nvImageCodec)."""
+    from yolo_compile import frames as pipeline
 
     if label in pipeline.PATHS:
         return pipeline.GpuPipeline(net, label, batch, size)
@@ -171,7 +171,7 @@ def max_abs_vs_cpu(pipe, frames: list[bytes]) -> float:
     """Return the largest |difference| between this path's preprocessed batch and the CPU letterbox."""
     import torch
 
-    from yolo_compile.pipeline import cpu_letterboxed
+    from yolo_compile.frames import cpu_letterboxed
 
     pipe.host_part(frames, 0)
     pipe.device_part(frames, 0)
@@ -193,7 +193,7 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from yolo_compile import pipeline
+    from yolo_compile import frames as pipeline
     from yolo_compile.bandwidth import LINKS
 
     if not torch.cuda.is_available():
