@@ -40,8 +40,17 @@ def verified_backends(run_dir: Path) -> tuple[list[str], str]:
 
 
 def check_images(run_dir: Path, size: int, n: int = CHECK_IMAGES) -> tuple[np.ndarray, str]:
-    """Return (float32 (n, 3, size, size) real images, where from): the first calibration images of the run."""
-    cal = runs.require_passed(run_dir, "calibrate")
+    """Return (float32 (n, 3, size, size) real images, where from): the run's first calibration images, or its
+    held-out images where no calibrate stage ran (the fp16 workflow)."""
+    try:
+        cal = runs.require_passed(run_dir, "calibrate")
+    except RunFolderError:
+        held_out = runs.read_manifest(run_dir).get("parameters", {}).get("eval_dir", "")
+        files = images.list_images(held_out)[:n] if held_out and Path(held_out).is_dir() else []
+        if not files:
+            raise BuildError(f"{run_dir}: no calibrate stage and no readable eval_dir images to check the engine on; "
+                             "pass eval_dir=DIR with real frames") from None
+        return np.stack([images.load_tensor(p, size) for p in files]), f"{len(files)} held-out images from {held_out}"
     folder = Path(cal.get("calib_dir", ""))
     files = [folder / f["file"] for f in cal.get("files", [])[:n]]
     if files and all(p.is_file() for p in files):
