@@ -29,7 +29,7 @@ class CompareConfig:
     map_images: int = 0  # how many labeled images to evaluate; 0 means all
     map_drop_max: float = 1.0  # gate: largest allowed mAP50-95 drop, in points (0.01 mAP)
     study: str = "auto"  # auto: recipes, sensitivity and recipe search only when the gate fails | full: always | off
-    recipes: bool = True  # deprecated: recipes=false with sensitivity=false means study=off
+    recipes: bool = True  # deprecated: recipes and sensitivity both false mean study off
     sensitivity: bool = True  # deprecated: see recipes
     search_steps: int = 6  # most groups the recipe search keeps in float before giving up
     calib_sweep: tuple[int, ...] = ()  # calibration sizes to compare, e.g. 32,64,128 (each re-calibrates)
