@@ -7,7 +7,7 @@ NOT RUN YET: written on a machine without a GPU, with no device time in that rou
 (DALI, nvImageCodec) on the first run; every path also reports its preprocessed tensor's largest difference from
 the CPU letterbox (`max_abs_vs_cpu`), so a wrong pad value or channel order shows up as a number, not a guess.
 
-Paths: the three of `yolo_compile.pipeline` (CPU decode + float32 upload, CPU decode + uint8 upload, torchvision
+Paths: the three of `yolo_compile.frames` (CPU decode + float32 upload, CPU decode + uint8 upload, torchvision
 nvJPEG) and, where importable, NVIDIA DALI (mixed decode, GPU resize, crop_mirror_normalize to FP16 CHW) and
 nvImageCodec (GPU decode; letterbox as the nvJPEG path). Each runs serial and overlapped (decode next / infer
 current / NMS previous on three CUDA streams, preallocated ring buffers) into the reference checkpoint in FP16
