@@ -139,3 +139,14 @@ def finished_run(tmp_path_factory, quantized_run, image_sets) -> Path:
     write_report(run, "passed")
     runs.finish_manifest(run, "passed")
     return run
+
+
+def activation_scales(path) -> dict[str, float]:
+    """Return {tensor: scale} of every activation QuantizeLinear in a Q/DQ ONNX file (weights excluded)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    init = {i.name: i for i in model.graph.initializer}
+    return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
+            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}

@@ -3,18 +3,10 @@
 import json
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
+from conftest import activation_scales
 from yolo_compile import quantize, scales
-
-
-def _act_scales(path):
-    model = onnx.load(str(path))
-    init = {i.name: i for i in model.graph.initializer}
-    return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
-            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +28,8 @@ def setup(quantized_run, tmp_path_factory):
 def test_one_pass_max_scales_equal_modelopt_max_calibration(setup):
     ours = setup["tmp"] / "ours_max.onnx"
     n = scales.apply(setup["template"], scales.thresholds(setup["stats"], "max"), ours)
-    ref = _act_scales(setup["ref"])
-    assert n > 50 and _act_scales(ours) == pytest.approx(ref, rel=1e-5)
+    ref = activation_scales(setup["ref"])
+    assert n > 50 and activation_scales(ours) == pytest.approx(ref, rel=1e-5)
 
 
 def test_clipping_methods_never_exceed_max_and_stats_round_trip(setup, tmp_path):

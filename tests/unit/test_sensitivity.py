@@ -1,15 +1,7 @@
-import onnx
 import pytest
-from onnx import numpy_helper
 
+from conftest import activation_scales
 from yolo_compile import quantize, sensitivity
-
-
-def _scales(path):
-    model = onnx.load(str(path))
-    init = {i.name: i for i in model.graph.initializer}
-    return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
-            for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def test_calibration_cache_reproduces_the_full_calibration_from_one_image(int8_a
     src = int8_all / "quantize" / "model.quant.onnx"
     cache = tmp_path / "calib.cache"
     n = sensitivity.write_cache(src, cache)
-    assert n == len(_scales(src)) > 50
+    assert n == len(activation_scales(src)) > 50
     exp = json.loads((int8_all / "export" / "result.json").read_text())
     from yolo_compile import images
 
@@ -47,7 +39,7 @@ def test_calibration_cache_reproduces_the_full_calibration_from_one_image(int8_a
     data = images.to_float(np.load(cal["array"], mmap_mode="r")[:1])
     one = tmp_path / "one.onnx"
     quantize.modelopt_quantize(int8_all / "export" / "model.onnx", one, data[:1], exp, "entropy", "fp32", cache=cache)
-    assert _scales(one) == pytest.approx(_scales(src))
+    assert activation_scales(one) == pytest.approx(activation_scales(src))
     excl = tmp_path / "excl.onnx"
     quantize.modelopt_quantize(int8_all / "export" / "model.onnx", excl, data[:1], exp, "entropy", "fp32", cache=cache,
                                exclude=[r"/model\.0/conv/Conv$"])
@@ -76,7 +68,7 @@ def test_cache_names_the_fp32_input_even_when_an_fp16_model_quantized_its_cast(q
     run = tmp_path / "run"
     shutil.copytree(quantized_run, run)
     res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="int8", calibration_method="max", quantizer="modelopt"), run)
-    assert "images_cast_to_fp16" in _scales(run / res.onnx)
+    assert "images_cast_to_fp16" in activation_scales(run / res.onnx)
     sensitivity.write_cache(run / res.onnx, tmp_path / "c.cache")
     names = [line.split(":")[0] for line in (tmp_path / "c.cache").read_text().splitlines()[1:]]
     assert "images" in names and not any(n.endswith("_cast_to_fp16") for n in names)
