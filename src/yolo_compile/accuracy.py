@@ -89,12 +89,50 @@ def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: in
     return dets
 
 
-def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict) -> dict:
-    """Return mAP50-95, mAP50, per-class AP and small-object mAP of detections against the split's labels."""
-    from ultralytics.utils.metrics import ap_per_class
+def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_dir: str | Path | None, *,
+                   backend: str = "onnxruntime", desc: str = "") -> list[Detections]:
+    """Return predict()'s detections, kept in cache_dir/detections/ by model content, runtime and image set.
 
+    A model file's detections on one image set are a pure function of those bytes and the runtime's version:
+    the quantize stage's scoring and the compare stage's gate run the same model on the same split once.
+    """
+    if cache_dir is None or not array_key:
+        return predict(model_path, array, desc=desc, backend=backend)
+    from . import runs
+    from .backends import runtime_version
+
+    import hashlib
+
+    text = f"{runs.sha256(model_path)}|{backend}|{runtime_version(backend)}|{array_key}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:40]
+    path = Path(cache_dir) / "detections" / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                cut = np.cumsum(z["counts"])[:-1]
+                return [Detections(b, s, c) for b, s, c in zip(np.split(z["boxes"], cut), np.split(z["scores"], cut),
+                                                               np.split(z["classes"], cut))]
+        except (OSError, ValueError, KeyError) as e:  # a damaged entry is recomputed, never trusted
+            log.warning("%s: unreadable detection cache entry (%s): recomputing", path, e)
+    dets = predict(model_path, array, desc=desc, backend=backend)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with runs.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, counts=np.array([len(d.scores) for d in dets], np.int64),
+                     boxes=np.concatenate([d.boxes for d in dets]).reshape(-1, 4) if dets else np.zeros((0, 4), np.float32),
+                     scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
+                     classes=np.concatenate([d.classes for d in dets]) if dets else np.zeros(0, np.int64))
+    return dets
+
+
+def matched(dets: list[Detections], split: LabeledSplit, size: int) -> dict[str, list[tuple]]:
+    """Return per image, for all objects and for small ones, (tp, conf, predicted class, target class) arrays.
+
+    The matching is per image, so any subset or bootstrap resample of images reuses it: evaluate() is then
+    one ap_per_class over the concatenated rows.
+    """
     iouv = np.linspace(0.5, 0.95, 10)
-    rows = {"all": ([], [], [], []), "small": ([], [], [], [])}
+    rows: dict[str, list[tuple]] = {"all": [], "small": []}
     for d, lbl, shape in zip(dets, split.labels, split.shapes):
         gt = letterbox_boxes(lbl, shape, size)
         gcls = lbl[:, 0].astype(np.int64)
@@ -103,18 +141,33 @@ def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict
         d_small = (d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1]) / r2 < SMALL_AREA
         for key, gmask, dmask in (("all", slice(None), slice(None)), ("small", g_small, d_small)):
             tp = _match(d.boxes[dmask], d.classes[dmask], gt[gmask], gcls[gmask], iouv)
-            for lst, val in zip(rows[key], (tp, d.scores[dmask], d.classes[dmask], gcls[gmask])):
-                lst.append(val)
+            rows[key].append((tp, d.scores[dmask], d.classes[dmask], gcls[gmask]))
+    return rows
+
+
+def map_of_rows(rows: list[tuple], names: dict, idx=None) -> tuple[float | None, float | None, int, object]:
+    """Return (mAP50-95, mAP50, targets, ap_per_class result) over the per-image rows idx (all when None)."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    pick = rows if idx is None else [rows[i] for i in idx]
+    tcls_all = np.concatenate([r[3] for r in pick]) if pick else np.zeros(0, np.int64)
+    if not len(tcls_all):
+        return None, None, 0, None
+    res = ap_per_class(np.concatenate([r[0] for r in pick]), np.concatenate([r[1] for r in pick]),
+                       np.concatenate([r[2] for r in pick]), tcls_all, names=names)
+    ap = res[5]
+    return float(ap.mean()), float(ap[:, 0].mean()), int(len(tcls_all)), res
+
+
+def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict, rows: dict | None = None) -> dict:
+    """Return mAP50-95, mAP50, per-class AP and small-object mAP of detections against the split's labels."""
+    rows = rows or matched(dets, split, size)
     out = {}
-    for key, (tp, conf, pcls, tcls) in rows.items():
-        tcls_all = np.concatenate(tcls)
-        if not len(tcls_all):
-            out[key] = {"map50_95": None, "map50": None, "targets": 0}
-            continue
-        res = ap_per_class(np.concatenate(tp), np.concatenate(conf), np.concatenate(pcls), tcls_all, names=names)
-        ap, classes = res[5], res[6]
-        out[key] = {"map50_95": float(ap.mean()), "map50": float(ap[:, 0].mean()), "targets": int(len(tcls_all))}
-        if key == "all":
+    for key in ("all", "small"):
+        m, m50, n, res = map_of_rows(rows[key], names)
+        out[key] = {"map50_95": m, "map50": m50, "targets": n}
+        if key == "all" and res is not None:
+            ap, classes = res[5], res[6]
             out["per_class"] = {str(names.get(int(c), c)): {"map50_95": float(ap[i].mean()), "ap50": float(ap[i, 0])}
                                 for i, c in enumerate(classes)}
     return {"map50_95": out["all"]["map50_95"], "map50": out["all"]["map50"], "targets": out["all"]["targets"],
@@ -168,31 +221,39 @@ class Scorer:
     """
 
     def __init__(self, fp32: Path, array: np.ndarray, size: int, names: dict, *, split: LabeledSplit | None = None,
-                 backend: str = "onnxruntime", conf: float = 0.25):
+                 backend: str = "onnxruntime", conf: float = 0.25, array_key: str = "", cache_dir: Path | None = None):
         self.array, self.size, self.names, self.split = array, size, names, split
+        self.array_key, self.cache_dir = array_key, cache_dir
         self.backend, self.conf = backend, conf
         self.kind = "map50_95 drop on labels" if split is not None else "label-free: agreement with FP32 (mAP50-95 against FP32's detections)"
         self.dets: dict[str, list[Detections]] = {}
+        self.rows: dict[int, tuple] = {}  # id(detections) -> (detections, per-image matches): kept alive together
         self.ref = self.predict(fp32, "fp32")
         self.base = self.value(self.ref, range(len(array)))
 
     def predict(self, path: Path, label: str) -> list[Detections]:
         """Return (and keep under label) one model's detections on the image set."""
-        self.dets[label] = predict(path, self.array, desc=f"score {label}", backend=self.backend)
+        self.dets[label] = predict_cached(path, self.array, self.array_key, self.cache_dir, backend=self.backend,
+                                          desc=f"score {label}")
         return self.dets[label]
 
     def value(self, dets: list[Detections], idx) -> float:
         """Return mAP50-95 x 100 of dets over the images idx (against labels, or against FP32's detections)."""
         idx = list(idx)
         if self.split is not None:
-            sub = LabeledSplit([self.split.images[i] for i in idx], [self.split.labels[i] for i in idx],
-                               [self.split.shapes[i] for i in idx])
-            return 100 * (evaluate([dets[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0)
+            key = id(dets)
+            if key not in self.rows:  # matched once per model; every subset and resample reuses it
+                self.rows[key] = (dets, matched(dets, self.split, self.size)["all"])
+            return 100 * (map_of_rows(self.rows[key][1], self.names, idx)[0] or 0.0)
         return 100 * agreement_map([self.ref[i] for i in idx], [dets[i] for i in idx], self.conf)
 
     def score(self, path: Path, label: str) -> float:
         """Return the candidate's drop from FP32 in points (smaller is better)."""
         return round(self.base - self.value(self.predict(path, label), range(len(self.array))), 3)
+
+    def noise_vs_fp32(self, a: str, rounds: int = 40, seed: int = 0) -> float:
+        """Return the paired-bootstrap standard deviation of one candidate's drop from FP32."""
+        return self.noise(a, "fp32", rounds, seed)
 
     def noise(self, a: str, b: str, rounds: int = 40, seed: int = 0) -> float:
         """Return the paired-bootstrap standard deviation (over images) of the drop difference between a and b."""

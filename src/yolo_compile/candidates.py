@@ -44,12 +44,12 @@ class Search:
         self.scorer = None
 
     # -- candidates ------------------------------------------------------------------------------------
-    def modelopt(self) -> list[dict]:
-        """One ModelOpt placement pass, one statistics pass, one candidate file per calibration method."""
-        from .quantize import CANDIDATE_METHODS, modelopt_quantize
-
+    def modelopt_setup(self) -> None:
+        """One ModelOpt placement pass (one image) and one statistics pass over the calibration images."""
         t0 = time.perf_counter()
         template = self.work / "template.onnx"
+        from .quantize import modelopt_quantize
+
         modelopt_quantize(self.src, template, self.data[:1], self.exp, "max", self.hp_dtype, exclude=self.exclude)
         t1 = time.perf_counter()
         stats = scales.collect(self.src, list(scales.activation_qdq(template)), self.data)
@@ -59,14 +59,6 @@ class Search:
         log.info("ModelOpt placement %.1f s, activation statistics on %d images %.1f s", t1 - t0, len(self.data), t2 - t1)
         self.template, self.stats = template, stats
         self.timing = {"placement_s": round(t1 - t0, 1), "statistics_s": round(t2 - t1, 1)}
-        rows = []
-        for method in CANDIDATE_METHODS[self.cfg.calibration_method]:
-            t = time.perf_counter()
-            name = f"modelopt-{method}.onnx"
-            scales.apply(template, scales.thresholds(stats, method), self.work / name)
-            rows.append({"quantizer": "modelopt", "calibration": method, "file": name,
-                         "build_s": round(time.perf_counter() - t, 1)})
-        return rows
 
     def nncf(self) -> dict:
         from .quantizers import nncf_quantize
@@ -108,9 +100,7 @@ class Search:
 
         size = int(self.exp["imgsz"])
         names = {int(k): v for k, v in self.exp["class_names"].items()}
-        # ONNX Runtime: its Q/DQ arithmetic is the reference. Measured on this 2-core AVX2 CPU, OpenVINO 2026.4 runs the
-        # same Q/DQ files (ModelOpt and NNCF alike) with 3-14x larger output errors; the compare gate checks it apart.
-        backend = "onnxruntime"
+        backend = scoring_backend(self.target)
         n = self.cfg.score_images
         cache = runs.cache_root(self.run_dir)
         if self.cfg.data:
@@ -118,13 +108,15 @@ class Search:
             keep = sample(list(range(len(split.images))), n or len(split.images), 1)
             split = accuracy.LabeledSplit([split.images[i] for i in keep], [split.labels[i] for i in keep],
                                           [split.shapes[i] for i in keep])
-            arr = images.preprocessed(split.images, size, cache, desc="labeled images").array
-            scorer = accuracy.Scorer(self.src, arr, size, names, split=split, backend=backend)
+            imgs = images.preprocessed(split.images, size, cache, desc="labeled images")
+            scorer = accuracy.Scorer(self.src, imgs.array, size, names, split=split, backend=backend,
+                                     array_key=imgs.key, cache_dir=cache)
             where = f"{len(split.images)} labeled images of {self.cfg.data}"
         elif self.cfg.eval_dir:
             paths = sample(images.list_images(self.cfg.eval_dir), n or 64, 1)
-            arr = images.preprocessed(paths, size, cache, desc="held-out images").array
-            scorer = accuracy.Scorer(self.src, arr, size, names, backend=backend)
+            imgs = images.preprocessed(paths, size, cache, desc="held-out images")
+            scorer = accuracy.Scorer(self.src, imgs.array, size, names, backend=backend, array_key=imgs.key,
+                                     cache_dir=cache)
             where = f"{len(paths)} held-out images of {self.cfg.eval_dir} (no labels: pass data= for mAP)"
         else:
             arr = self.data[-min(len(self.data), n or 64):]
@@ -134,23 +126,35 @@ class Search:
         scorer.where = where
         return scorer
 
+    def finalize(self, row: dict) -> dict:
+        """Write the candidate as it would ship (INT8 weights behind DequantizeLinear, the FP32 model's metadata)."""
+        from .quantize import copy_metadata
+
+        final = self.work / f"final-{row['file']}"
+        row["weights_int8"] = scales.int8_weights(self.work / row["file"], final)["weights_int8"]
+        copy_metadata(self.src, final)
+        row["final"] = final.name
+        return row
+
     def score(self, row: dict) -> dict:
         t = time.perf_counter()
-        row["drop_points"] = self.scorer.score(self.work / row["file"], row["file"])
+        self.finalize(row)
+        row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"])
         row["score_s"] = round(time.perf_counter() - t, 1)
         log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
         return row
 
-    def run(self) -> dict:
-        """Build and score the candidates; return the winning row (its file is in the work folder)."""
-        rows = []
-        if self.cfg.quantizer in ("auto", "modelopt"):
-            rows += self.modelopt()
+    def plan(self) -> list:
+        """Return the candidate builders in the order they are tried: each returns rows (built lazily)."""
+        from .quantize import CANDIDATE_METHODS
+
+        steps = []
         if self.target == "cpu" and self.cfg.quantizer in ("auto", "nncf"):
             import importlib.util
 
             if importlib.util.find_spec("nncf") is not None:
-                rows.append(self.nncf())
+                # First on a CPU target: the peer's quantizer, asymmetric activations the CPU runtimes run natively.
+                steps.append(("nncf mixed preset", lambda: [self.nncf()]))
             elif self.cfg.quantizer == "nncf":
                 from .errors import QuantizeError
 
@@ -158,33 +162,88 @@ class Search:
                                     "(pip install 'yolo-compile[openvino]'), or use quantizer=modelopt")
             else:
                 log.warning("NNCF is not installed (pip install 'yolo-compile[openvino]'): ModelOpt candidates only")
-        if len(rows) == 1:
-            self.rows = rows
+        if self.cfg.quantizer in ("auto", "modelopt"):
+            for method in CANDIDATE_METHODS[self.cfg.calibration_method]:
+                steps.append((f"modelopt {method}", lambda m=method: self.modelopt_method(m)))
+        return steps
+
+    def modelopt_method(self, method: str) -> list[dict]:
+        """One ModelOpt candidate; the placement and the statistics pass run once, for the first."""
+        if not hasattr(self, "template"):
+            self.modelopt_setup()
+        t = time.perf_counter()
+        name = f"modelopt-{method}.onnx"
+        scales.apply(self.template, scales.thresholds(self.stats, method), self.work / name)
+        return [{"quantizer": "modelopt", "calibration": method, "file": name,
+                 "build_s": round(time.perf_counter() - t, 1), **self.timing}]
+
+    def run(self) -> dict:
+        """Build and score the candidates in order; return the winning row (its files are in the work folder).
+
+        With accept_drop > 0 the search stops at the first candidate whose measured drop is within it: the
+        rest are listed as not tried, with the reason. Otherwise (or when none is within it) every candidate
+        is scored, then two per-group mixes of the two best ModelOpt methods.
+        """
+        steps = self.plan()
+        if not steps:
+            from .errors import QuantizeError
+
+            raise QuantizeError(f"quantizer={self.cfg.quantizer} has no candidate for target {self.target}")
+        if len(steps) == 1:
+            rows = steps[0][1]()
+            self.finalize(rows[0])
+            self.rows = [_public(rows[0])]
             self.chosen = {**_public(rows[0]), "why": "the only candidate asked for (no measurement needed)"}
             return rows[0]
         self.scorer = self.make_scorer()
-        for row in rows:
-            self.score(row)
+        rows, accepted, untried = [], None, []
+        for i, (label, build) in enumerate(steps):
+            if accepted is not None:
+                untried.append(label)
+                continue
+            for row in build():
+                rows.append(self.score(row))
+                if 0 < self.cfg.accept_drop and row["drop_points"] <= self.cfg.accept_drop and accepted is None:
+                    accepted = row
         mo = sorted((r for r in rows if r["quantizer"] == "modelopt"), key=lambda r: r["drop_points"])
-        if len(mo) >= 2 and mo[0]["drop_points"] > 0:
+        if accepted is None and len(mo) >= 2 and mo[0]["drop_points"] > 0:
             for row in self.mixes(mo[0], mo[1]):
                 rows.append(self.score(row))
         rows.sort(key=lambda r: r["drop_points"])
-        best, second = rows[0], rows[1]
-        noise = self.scorer.noise(best["file"], second["file"])
-        self.rows = [_public(r) for r in rows]
-        for r in self.rows:
-            r.update(self.timing if r["quantizer"] == "modelopt" else {})
+        best = accepted or rows[0]
+        second = next((r for r in rows if r is not best), None)
+        noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise_vs_fp32(best["file"])
+        self.rows = [_public(r) for r in rows] + [{"quantizer": lbl.split()[0], "calibration": lbl.split(" ", 1)[1],
+                                                   "not_tried": f"{accepted['quantizer']} {accepted['calibration']} was "
+                                                                f"within accept_drop={self.cfg.accept_drop:g}"}
+                                                  for lbl in untried]
+        if accepted is not None:
+            why = (f"first candidate within accept_drop={self.cfg.accept_drop:g} points: {best['drop_points']:.3f} "
+                   f"(paired-bootstrap noise {noise:.3f}); {len(untried)} more not tried "
+                   "(accept_drop=0 measures every candidate)")
+        else:
+            why = (f"smallest drop of {len(rows)} candidates: {best['drop_points']:.3f} points"
+                   + (f" vs {second['drop_points']:.3f} for the runner-up; the difference "
+                      f"{'exceeds' if second['drop_points'] - best['drop_points'] > 2 * noise else 'is within'}"
+                      f" twice its paired-bootstrap noise ({noise:.3f})" if second else ""))
         self.chosen = {**_public(best), "score": self.scorer.kind, "images": self.scorer.where,
                        "backend": self.scorer.backend, "fp32_value": round(self.scorer.base, 3),
-                       "runner_up": f"{second['quantizer']} {second['calibration']} ({second['drop_points']:+.3f})",
-                       "noise_points": noise,
-                       "why": (f"smallest drop of {len(rows)} candidates: {best['drop_points']:.3f} points vs "
-                               f"{second['drop_points']:.3f} for the runner-up; the difference "
-                               f"{'exceeds' if second['drop_points'] - best['drop_points'] > 2 * noise else 'is within'}"
-                               f" twice its paired-bootstrap noise ({noise:.3f})")}
+                       "runner_up": (f"{second['quantizer']} {second['calibration']} ({second['drop_points']:+.3f})"
+                                     if second else ""),
+                       "noise_points": noise, "accept_drop": self.cfg.accept_drop, "why": why}
         return best
 
 
+def scoring_backend(target: str) -> str:
+    """Return the runtime candidates are scored on: the one that ships for the target.
+
+    CPU targets ship OpenVINO where installed (INT8 there beats FP32; ONNX Runtime INT8 is slower than FP32 on CPUs
+    without VNNI). TensorRT targets: ONNX Runtime, whose Q/DQ arithmetic is the reference TensorRT follows.
+    """
+    from .backends import available
+
+    return "openvino" if target == "cpu" and available("openvino")[0] else "onnxruntime"
+
+
 def _public(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "file"}
+    return {k: v for k, v in row.items() if k not in ("file", "final")}

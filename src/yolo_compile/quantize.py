@@ -31,17 +31,20 @@ CANDIDATE_METHODS = {"auto": ("max", "entropy", "percentile-99.99", "percentile-
 class QuantizeConfig:
     target: str = "auto"  # tensorrt | cpu | auto: the head's float type follows it (FP16 for TensorRT, FP32 for CPU)
     recipe: str = "mixed"  # mixed: INT8 with float head and stem conv; int8: all INT8; float: no INT8 (the baseline)
-    calibration_method: str = "auto"  # auto (measure max, entropy, percentile; keep the best) | entropy | max | percentile
-    quantizer: str = "auto"  # auto (CPU targets: ModelOpt and NNCF measured; TensorRT: ModelOpt) | modelopt | nncf
+    calibration_method: str = "auto"  # auto (measure NNCF on CPU, then max, entropy, percentile; keep the best) | entropy | max | percentile
+    quantizer: str = "auto"  # auto (CPU targets: NNCF then ModelOpt, measured on OpenVINO; TensorRT: ModelOpt) | modelopt | nncf
     keep_float: str = ""  # more nodes kept float: a compare/nodes_to_exclude.json from a recipe search, or regexes
     data: str = ""  # labeled split (Ultralytics data.yaml) scoring the candidates by mAP drop; empty: label-free
     eval_dir: str = ""  # held-out images for the label-free score when data is empty
     score_images: int = 0  # how many labeled (or held-out) images score a candidate; 0 means all
+    accept_drop: float = 0.3  # auto: stop at the first candidate within this mAP50-95 drop (points); 0 scores all
 
     def __post_init__(self) -> None:
         check_choice("recipe", self.recipe, RECIPES)
         check_choice("calibration_method", self.calibration_method, METHODS)
         check_choice("quantizer", self.quantizer, QUANTIZERS)
+        if self.accept_drop < 0:
+            raise QuantizeError(f"parameter 'accept_drop' = {self.accept_drop}: give points >= 0 (0 scores every candidate)")
         if self.quantizer == "nncf" and resolve_target(self.target) == "tensorrt":
             raise QuantizeError("quantizer=nncf writes asymmetric activations that TensorRT does not build; "
                                 "use quantizer=modelopt (or auto) with target=tensorrt")
@@ -197,8 +200,8 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
             best = search.run()
             candidates, chosen = search.rows, search.chosen
             quantizer, method = best["quantizer"], best["calibration"]
-            w8 = scales.int8_weights(work / best["file"], tmp)["weights_int8"]
-            copy_metadata(fp32, tmp)
+            shutil.copyfile(work / best["final"], tmp)  # the very bytes that were scored
+            w8 = best["weights_int8"]
         ops, quantized = inspect_qdq(tmp)
         check_recipe(cfg.recipe, ops, quantized, head, out, stem)
     result = QuantizeResult(

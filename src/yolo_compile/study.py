@@ -55,12 +55,14 @@ class Study:
         self.noise = None
         from .backends import available
 
-        # The study scores on ONNX Runtime, whose Q/DQ arithmetic is the reference; the gate also measures the
-        # runtimes that may ship (OpenVINO for CPU targets where installed): measured on this 2-core AVX2 CPU,
-        # OpenVINO 2026.4 runs the same Q/DQ files with 3-14x larger output errors than ONNX Runtime (FP32 exact).
+        # The study's variants score on ONNX Runtime, whose Q/DQ arithmetic is the reference. The gate measures the
+        # runtime that ships for the target (OpenVINO on a CPU target where installed: candidates.scoring_backend),
+        # plus any named in gate_runtimes, so the engine that ships is the model the gate evaluated.
+        from .candidates import scoring_backend
+
         self.backend = "onnxruntime"
-        self.gate_backends = ["onnxruntime"] + (["openvino"] if quant.get("target") == "cpu" and available("openvino")[0]
-                                                else [])
+        wanted = [scoring_backend(quant.get("target", "cpu"))] + list(getattr(cfg, "gate_runtimes", ()) or ())
+        self.gate_backends = [b for b in dict.fromkeys(wanted) if available(b)[0]] or ["onnxruntime"]
         self.verified: list[str] = []
 
     # -- pieces ---------------------------------------------------------------------------------------
@@ -77,13 +79,14 @@ class Study:
             raise CompareError(f"{self.cfg.data}: {len(reused)} labeled image(s) were used for calibration "
                                f"(e.g. {reused[0]}); evaluate on a split disjoint from calib_dir")
         cached = images.preprocessed(split.images, self.size, runs.cache_root(self.run_dir), desc="labeled images")
-        self.val_stats, self.split, self.val = cached.stats, split, cached.array
+        self.val_stats, self.split, self.val, self.val_key = cached.stats, split, cached.array, cached.key
 
     def map_of(self, onnx_path: Path, label: str, backend: str = "onnxruntime") -> dict:
         """Return (and remember, by file and backend) the mAP of one model on the labeled split."""
         key = f"{backend}:{Path(onnx_path).resolve()}"
         if key not in self.map_cache:
-            dets = accuracy.predict(onnx_path, self.val, self.input, desc=f"mAP {label} ({backend})", backend=backend)
+            dets = accuracy.predict_cached(onnx_path, self.val, self.val_key, runs.cache_root(self.run_dir),
+                                           backend=backend, desc=f"mAP {label} ({backend})")
             self.map_cache[key] = accuracy.evaluate(dets, self.split, self.size, self.names)
         return self.map_cache[key]
 
@@ -136,15 +139,15 @@ class Study:
             self.skipped.append("task accuracy and the mAP gate: no labeled split (pass data=path/to/data.yaml)")
             return {}
         self.labeled()
-        fp32 = self.map_of(self.fp32, "fp32")
-        by_backend = {}
-        for b in self.gate_backends:
+        by_backend, fp32_by = {}, {}
+        for b in self.gate_backends:  # FP32 on the same runtime as the quantized model: the drop is the runtime's own
+            fp32_by[b] = fp32_b = self.map_of(self.fp32, "fp32", backend=b)
             q = self.map_of(self.run_dir / self.quant["onnx"], self.quant["recipe"], backend=b)
-            by_backend[b] = {"map50_95": q["map50_95"], "drop_points": round(100 * (fp32["map50_95"] - q["map50_95"]), 3),
-                             "drop_points_map50": round(100 * (fp32["map50"] - q["map50"]), 3), "quantized": q}
+            by_backend[b] = {"map50_95": q["map50_95"], "drop_points": round(100 * (fp32_b["map50_95"] - q["map50_95"]), 3),
+                             "drop_points_map50": round(100 * (fp32_b["map50"] - q["map50"]), 3), "quantized": q}
         self.verified = [b for b, r in by_backend.items() if r["drop_points"] <= self.cfg.map_drop_max]
-        primary = next((b for b in reversed(self.gate_backends) if b in self.verified), "onnxruntime")
-        best = by_backend[primary]
+        primary = next((b for b in self.gate_backends if b in self.verified), self.gate_backends[0])
+        best, fp32 = by_backend[primary], fp32_by[primary]
         return {"data": str(self.cfg.data), "images": len(self.split.images), "fp32": fp32, "quantized": best["quantized"],
                 "backend": primary, "drop_points": best["drop_points"], "drop_points_map50": best["drop_points_map50"],
                 "by_backend": {b: {k: v for k, v in r.items() if k != "quantized"} for b, r in by_backend.items()}}
@@ -247,14 +250,14 @@ class Study:
         """Return the paired-bootstrap sd (points) of the mAP difference between the run's model and all-INT8."""
         a = accuracy.predict(self.run_dir / self.quant["onnx"], self.val, self.input, desc="noise: run's model", backend=self.backend)
         b = accuracy.predict(int8_all, self.val, self.input, desc="noise: all-INT8", backend=self.backend)
+        ra = accuracy.matched(a, self.split, self.size)["all"]
+        rb = accuracy.matched(b, self.split, self.size)["all"]
         rng = np.random.default_rng(0)
         n, diffs = len(a), []
         for _ in range(rounds):
             idx = rng.integers(0, n, n)
-            sub = accuracy.LabeledSplit([self.split.images[i] for i in idx], [self.split.labels[i] for i in idx],
-                                        [self.split.shapes[i] for i in idx])
-            ma = accuracy.evaluate([a[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0
-            mb = accuracy.evaluate([b[i] for i in idx], sub, self.size, self.names)["map50_95"] or 0.0
+            ma = accuracy.map_of_rows(ra, self.names, idx)[0] or 0.0
+            mb = accuracy.map_of_rows(rb, self.names, idx)[0] or 0.0
             diffs.append(100 * (ma - mb))
         return round(float(np.std(diffs)), 3)
 

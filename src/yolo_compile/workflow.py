@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -173,10 +174,14 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     from . import notebook
     from .report import write_report
 
+    from .kernels import KernelPool
+
     cache = stagecache.StageCache(runs.cache_root(run_dir))
     status, upstream = "passed", {}
+    pool = KernelPool(run_dir, KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
+    stages = list(wf["stages"])
     with runs.file_lock(run_dir / ".lock", wait=False):
-        for stage in wf["stages"]:
+        for i, stage in enumerate(stages):
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
             prev = runs.read_manifest(run_dir)["stages"].get(stage, {})
@@ -186,7 +191,8 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 info = {**prev, "kept": True}
                 runs.record_stage(run_dir, stage, kept=True)
             else:
-                info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose)
+                nxt = stages[i + 1] if i + 1 < len(stages) else None
+                info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose, pool, nxt)
             info = {**info, "wall_seconds": round(time.perf_counter() - t0, 2), "run_dir": str(run_dir)}
             runs.record_stage(run_dir, stage, wall_seconds=info["wall_seconds"])
             touched = [f"{s}: {', '.join(bad)}" for s, outs in upstream.items()
@@ -202,6 +208,8 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 status = "failed"
                 break
             upstream[stage] = runs.read_manifest(run_dir)["stages"][stage]["outputs"]
+        if pool:
+            pool.close()
         for stage, outs in upstream.items():  # the end of the run: everything is re-hashed
             bad = stagecache.changed_outputs(run_dir, outs)
             if bad:
@@ -215,7 +223,8 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
         return runs.finish_manifest(run_dir, status)
 
 
-def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, verbose: bool) -> dict:
+def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, verbose: bool, pool=None,
+               next_stage: str | None = None) -> dict:
     """Restore a stage from the cache or execute its notebook; record and return its manifest entry."""
     nb = notebook_for(stage)
     out_nb = run_dir / nb.name
@@ -236,7 +245,16 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
                       kept=False, outputs={}, error=None, failed_cell=None)
     timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
     t0 = time.perf_counter()
-    error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose)
+    km = pool.take(stage) if pool else None
+    if pool:
+        pool.prepare(next_stage)  # the next stage's kernel boots while this one runs
+    try:
+        error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
+    finally:
+        if km is not None:
+            from .kernels import shutdown
+
+            shutdown(km)
     seconds = round(time.perf_counter() - t0, 2)
     result_path = run_dir / stage / "result.json"
     if error is None and not result_path.is_file():
@@ -264,16 +282,17 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
 
 
 def _execute_notebook(nb: Path, out_nb: Path, parameters: dict, run_dir: Path, timeout: int,
-                      verbose: bool) -> tuple[str | None, int | None]:
+                      verbose: bool, km=None) -> tuple[str | None, int | None]:
     """Run one notebook with papermill; return (error or None, failing cell). A kernel that fails to start is retried once."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     for attempt in (1, 2):
         try:
+            extra = {"km": km} if km is not None and attempt == 1 else {}  # a kernel started ahead (kernels.py)
             pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, cwd=str(run_dir), progress_bar=False,
                                 log_output=verbose, kernel_name="python3", execution_timeout=timeout,
-                                start_timeout=120, extra_arguments=KERNEL_ARGS)
+                                start_timeout=120, extra_arguments=KERNEL_ARGS, **extra)
             return None, None
         except PapermillExecutionError as e:
             return f"{e.ename}: {e.evalue}", e.exec_count

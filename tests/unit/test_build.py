@@ -54,15 +54,16 @@ def test_profile_and_equivalent_commands():
     assert poly.startswith("polygraphy convert q.onnx --strongly-typed")
 
 
-def test_cpu_build_times_both_engines_and_ships_only_a_verified_one(run_copy):
-    """Without a compare result naming verified_backends, only ONNX Runtime may ship, whatever the speeds."""
+def test_cpu_build_ships_only_a_verified_engine_and_builds_no_other(run_copy):
+    """Without a compare result naming verified_backends, only ONNX Runtime may ship: OpenVINO is not even built."""
     import onnxruntime as ort
 
     res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
     assert res.status == "passed" and res.backend == "onnxruntime" and res.choice["picked"] == "onnxruntime"
-    assert res.choice["candidates"] == ["openvino", "onnxruntime"]
-    assert all(v > 0 for v in res.choice["images_per_s"].values()) and set(res.choice["images_per_s"]) == {"openvino", "onnxruntime"}
-    assert res.choice["verified_backends"] == ["onnxruntime"] and "did not verify it" in res.choice["reason"]
+    assert res.choice["candidates"] == ["onnxruntime"]
+    assert res.choice["images_per_s"]["onnxruntime"] > 0 and set(res.choice["images_per_s"]) == {"onnxruntime"}
+    assert res.choice["verified_backends"] == ["onnxruntime"]
+    assert "openvino: not built, the compare stage did not verify it" in res.choice["reason"]
     assert res.checks["passed"] and "calibration images" in res.checks["images"]
     assert not (run_copy / "build" / "model.xml").exists()  # only the shipped engine stays
     x = np.random.default_rng(0).random((2, 3, IMGSZ, IMGSZ), dtype=np.float32)

@@ -94,10 +94,22 @@ def test_task_accuracy_on_a_labeled_split_and_no_study_when_the_gate_passes(run_
     assert acc["images"] == 6 and acc["fp32"]["targets"] == 18
     assert acc["drop_points"] == pytest.approx(100 * (acc["fp32"]["map50_95"] - acc["quantized"]["map50_95"]), abs=1e-3)
     assert res.recipes == [] and res.sensitivity == {} and any("gate passed" in s for s in res.skipped)
-    assert res.verified_backends == sorted({"onnxruntime", "openvino"}) and "mAP gate" in res.verification["openvino"]
+    # a CPU target's gate runs on the runtime that ships (OpenVINO): only a runtime the mAP gate evaluated may ship
+    assert acc["backend"] == "openvino" and set(acc["by_backend"]) == {"openvino"}
+    assert res.verified_backends == ["openvino"] and "mAP gate passed" in res.verification["openvino"]
+    assert "not the mAP gate" in res.verification["onnxruntime"]
     assert res.agreement["all"]["reference"] >= 0
     assert {p.split("/")[-1] for p in res.plots} == {"errors.png", "coverage.png"}
     assert not (run_copy / "compare" / "val.npy").exists()  # labeled images live in the shared uint8 cache
+
+
+def test_gate_runtimes_adds_a_runtime_to_the_gate_and_to_the_verified_ones(run_copy, image_sets):
+    res = compare.run(_cfg(image_sets, data=str(image_sets["data"]), study="off", map_drop_max=100.0,
+                           gate_runtimes=("onnxruntime",)), run_copy)
+    assert set(res.accuracy["by_backend"]) == {"openvino", "onnxruntime"}
+    assert res.verified_backends == ["onnxruntime", "openvino"]
+    with pytest.raises(Exception, match="gate_runtimes"):
+        _cfg(image_sets, gate_runtimes=("tensorrt",))
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):
 
 
 def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_sets):
-    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"])), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=0), run_copy)
     got = {(r["quantizer"], r["calibration"].split()[0]) for r in res.candidates}
     assert {("modelopt", "max"), ("modelopt", "entropy"), ("modelopt", "percentile-99.99"), ("nncf", "nncf")} <= got
     assert all("drop_points" in r for r in res.candidates)
@@ -87,3 +87,16 @@ def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_s
     assert "6 labeled images" in res.chosen["images"]
     assert res.size_ratio <= 0.35 and (run_copy / "quantize" / "activations.npz").is_file()
     assert not list((run_copy / "export").glob("*.quant*")) and not list((run_copy / "export").glob("*calib*"))
+    assert res.chosen["backend"] == "openvino"  # scored on the runtime a CPU target ships
+
+
+def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_sets):
+    """A generous accept_drop takes the first candidate (NNCF on a CPU target) and lists the rest as not tried."""
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    scored = [r for r in res.candidates if "drop_points" in r]
+    assert [r["quantizer"] for r in scored] == ["nncf"] and res.quantizer == "nncf"
+    assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
+                                                                              "percentile-99.999"}
+    assert "first candidate within accept_drop=50" in res.chosen["why"] and res.chosen["noise_points"] >= 0
+    # the shipped file is the very file that was scored: its detections are in the cache under its content hash
+    assert res.size_ratio <= 0.35
