@@ -40,6 +40,29 @@ def letterbox_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     return new_h, new_w, int(round((size - new_h) / 2 - 0.1)), int(round((size - new_w) / 2 - 0.1))
 
 
+def letterbox_on_gpu(imgs: list, dst, size: int) -> None:
+    """Letterbox CHW uint8 RGB CUDA images into dst (N, 3, size, size) FP16 in 0..1, pad 114 like images.letterbox.
+
+    Frames of one shape (a camera's) are resized as one batch: one interpolate, one copy, whatever the batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dst.fill_(PAD_VALUE / 255.0)
+    shapes = {tuple(i.shape[1:]) for i in imgs}
+    groups = [(list(range(len(imgs))), shapes.pop())] if len(shapes) == 1 else \
+        [([k], tuple(i.shape[1:])) for k, i in enumerate(imgs)]
+    for idx, (h, w) in groups:
+        nh, nw, top, left = letterbox_geometry(h, w, size)
+        src = torch.stack([imgs[k] for k in idx]).half()
+        if (nh, nw) != (h, w):
+            src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
+        if len(idx) == dst.shape[0]:
+            dst[:, :, top:top + nh, left:left + nw] = src / 255.0
+        else:
+            dst[idx, :, top:top + nh, left:left + nw] = src / 255.0
+
+
 def cpu_letterboxed(jpeg: bytes, size: int) -> np.ndarray:
     """Return one JPEG decoded by cv2 and letterboxed: size x size x 3 uint8 BGR."""
     import cv2
@@ -148,7 +171,6 @@ class GpuPipeline:
     def device_part(self, frames: list, slot: int) -> None:
         """Upload (or GPU-decode) into the slot's FP16 model-input buffer, on the current stream."""
         import torch
-        import torch.nn.functional as F
         from torchvision.io import decode_jpeg
 
         dst = self.pre[slot]
@@ -162,16 +184,7 @@ class GpuPipeline:
                 dst.copy_(st)
             return
         imgs = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in frames], device="cuda")
-        dst.fill_(PAD_VALUE / 255.0)
-        shapes = {tuple(i.shape[1:]) for i in imgs}
-        groups = [(list(range(len(imgs))), shapes.pop())] if len(shapes) == 1 else \
-            [([k], tuple(i.shape[1:])) for k, i in enumerate(imgs)]
-        for idx, (h, w) in groups:
-            nh, nw, top, left = letterbox_geometry(h, w, self.size)
-            src = torch.stack([imgs[k] for k in idx]).half()
-            if (nh, nw) != (h, w):
-                src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
-            dst[idx, :, top:top + nh, left:left + nw] = src / 255.0
+        letterbox_on_gpu(imgs, dst, self.size)
 
     def infer(self, slot: int) -> None:
         """Copy the slot into the graph input, replay the graph, copy its output into the slot."""
