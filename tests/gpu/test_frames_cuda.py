@@ -83,3 +83,24 @@ def test_gpu_input_bench_nvimgcodec_path_matches_the_cpu_letterbox(image_sets, t
     finally:
         pipe.close()
     assert mean < 0.03
+
+
+def test_nms_one_sync_split_matches_torchvision_batched_nms():
+    from torchvision.ops.boxes import _batched_nms_coordinate_trick
+
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(4, 9, 2000, generator=gen)
+    pred[:, :2] *= 640
+    pred[:, 2:4] *= 80
+    pred[:, 4:] **= 6
+    pred = pred.cuda()
+    x = pred.transpose(1, 2).float()
+    scores, cls = x[..., 4:].max(-1)
+    b, a = torch.nonzero(scores > 0.25, as_tuple=True)
+    xywh = x[b, a, :4]
+    boxes = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+    keep = _batched_nms_coordinate_trick(boxes, scores[b, a], b * x.shape[-1] + cls[b, a], 0.7)
+    want = torch.cat([boxes[keep], scores[b, a][keep, None], cls[b, a][keep, None].float()], 1)
+    got = frames.nms(pred)
+    for i, d in enumerate(got):
+        assert torch.equal(d, want[b[keep] == i][:300])
