@@ -40,6 +40,29 @@ def letterbox_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     return new_h, new_w, int(round((size - new_h) / 2 - 0.1)), int(round((size - new_w) / 2 - 0.1))
 
 
+def letterbox_on_gpu(imgs: list, dst, size: int) -> None:
+    """Letterbox CHW uint8 RGB CUDA images into dst (N, 3, size, size) FP16 in 0..1, pad 114 like images.letterbox.
+
+    Frames of one shape (a camera's) are resized as one batch: one interpolate, one copy, whatever the batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dst.fill_(PAD_VALUE / 255.0)
+    shapes = {tuple(i.shape[1:]) for i in imgs}
+    groups = [(list(range(len(imgs))), shapes.pop())] if len(shapes) == 1 else \
+        [([k], tuple(i.shape[1:])) for k, i in enumerate(imgs)]
+    for idx, (h, w) in groups:
+        nh, nw, top, left = letterbox_geometry(h, w, size)
+        src = torch.stack([imgs[k] for k in idx]).half()
+        if (nh, nw) != (h, w):
+            src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
+        if len(idx) == dst.shape[0]:
+            dst[:, :, top:top + nh, left:left + nw] = src / 255.0
+        else:
+            dst[idx, :, top:top + nh, left:left + nw] = src / 255.0
+
+
 def cpu_letterboxed(jpeg: bytes, size: int) -> np.ndarray:
     """Return one JPEG decoded by cv2 and letterboxed: size x size x 3 uint8 BGR."""
     import cv2
@@ -51,9 +74,13 @@ def cpu_letterboxed(jpeg: bytes, size: int) -> np.ndarray:
 
 
 def nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
-    """Return per-image (n, 6) tensors [x1, y1, x2, y2, score, class] from raw (B, 4 + classes, anchors) output."""
+    """Return per-image (n, 6) tensors [x1, y1, x2, y2, score, class] from raw (B, 4 + classes, anchors) output.
+
+    One NMS call for the whole batch (boxes offset per image and class) and one host sync to split it per image:
+    a boolean mask per image costs a sync each, which the profile showed stalling the pipeline (issue 15).
+    """
     import torch
-    from torchvision.ops import batched_nms
+    from torchvision.ops import nms as tv_nms
 
     x = pred.transpose(1, 2).float()
     scores, cls = x[..., 4:].max(-1)
@@ -61,10 +88,15 @@ def nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
     xywh = x[b, a, :4]
     boxes = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
     s, c = scores[b, a], cls[b, a]
-    keep = batched_nms(boxes, s, b * x.shape[-1] + c, iou)  # one group per image and class
-    dets = torch.cat([boxes[keep], s[keep, None], c[keep, None].float()], 1)
+    groups = b * x.shape[-1] + c  # one group per image and class
+    offsets = groups.to(boxes.dtype) * (boxes.max() + 1 if boxes.numel() else 1)
+    keep = tv_nms(boxes + offsets[:, None], s, iou)  # sorted by score, all images together
     kb = b[keep]
-    return [dets[kb == i][:max_det] for i in range(pred.shape[0])]
+    order = torch.sort(kb, stable=True).indices  # by image, score order kept inside each image
+    keep, kb = keep[order], kb[order]
+    dets = torch.cat([boxes[keep], s[keep, None], c[keep, None].float()], 1)
+    counts = torch.bincount(kb, minlength=pred.shape[0]).tolist()
+    return [d[:max_det] for d in torch.split(dets, counts)]
 
 
 def load_torch_detector(checkpoint: str | Path, device: str, half: bool):
@@ -148,7 +180,6 @@ class GpuPipeline:
     def device_part(self, frames: list, slot: int) -> None:
         """Upload (or GPU-decode) into the slot's FP16 model-input buffer, on the current stream."""
         import torch
-        import torch.nn.functional as F
         from torchvision.io import decode_jpeg
 
         dst = self.pre[slot]
@@ -162,16 +193,7 @@ class GpuPipeline:
                 dst.copy_(st)
             return
         imgs = decode_jpeg([torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in frames], device="cuda")
-        dst.fill_(PAD_VALUE / 255.0)
-        shapes = {tuple(i.shape[1:]) for i in imgs}
-        groups = [(list(range(len(imgs))), shapes.pop())] if len(shapes) == 1 else \
-            [([k], tuple(i.shape[1:])) for k, i in enumerate(imgs)]
-        for idx, (h, w) in groups:
-            nh, nw, top, left = letterbox_geometry(h, w, self.size)
-            src = torch.stack([imgs[k] for k in idx]).half()
-            if (nh, nw) != (h, w):
-                src = F.interpolate(src, size=(nh, nw), mode="bilinear", align_corners=False)
-            dst[idx, :, top:top + nh, left:left + nw] = src / 255.0
+        letterbox_on_gpu(imgs, dst, self.size)
 
     def infer(self, slot: int) -> None:
         """Copy the slot into the graph input, replay the graph, copy its output into the slot."""
@@ -207,43 +229,85 @@ class GpuPipeline:
         return _summary(lat, wall, len(batches) * self.batch) | {k: float(np.median(v)) for k, v in parts.items()}
 
     def run_overlapped(self, batches: list[list[bytes]]) -> dict:
-        """Decode batch i+1, infer batch i and NMS batch i-1 on three streams; return timings."""
+        """Decode batch i+1, infer batch i and NMS batch i-1 on three CUDA streams, each fed by its own host thread.
+
+        One host thread a stage because the stages block their thread (torchvision's GPU decode and NMS both wait
+        on the device): on one thread they serialised what the three streams were meant to overlap (issue 15).
+        Slots are reused only after their previous user is done: decode of batch i waits until inference of
+        batch i-3 is enqueued (its event recorded), inference of batch i until NMS of batch i-3 has finished.
+        """
+        import queue
+        import threading
+
         import torch
 
         s_dec, s_inf, s_post = self.streams["decode"], self.streams["infer"], self.streams["post"]
         n = len(batches)
-        started, lat = [0.0] * n, []
-        torch.cuda.synchronize()
-        t_all = time.perf_counter()
+        started, lat = [0.0] * n, [0.0] * n
+        inferred = [threading.Event() for _ in range(n)]  # ev_inf of batch i recorded
+        posted = [threading.Event() for _ in range(n)]  # NMS of batch i finished
+        to_infer, to_post, errors = queue.Queue(), queue.Queue(), []
 
-        def host(i: int) -> None:
-            started[i] = time.perf_counter()
-            self.host_part(batches[i], i % SLOTS)
+        def guarded(fn):
+            def run():
+                try:
+                    fn()
+                except BaseException as e:  # re-raised on the calling thread below
+                    errors.append(e)
+                    for ev in inferred + posted:
+                        ev.set()
+                    to_infer.put(None)
+                    to_post.put(None)
+            return run
 
-        pending = self.prefetch.submit(host, 0)
-        for i in range(n + 2):
-            if 1 <= i <= n:  # launch inference first: the GPU works while the host decodes below
-                k = (i - 1) % SLOTS
-                with torch.cuda.stream(s_inf):
-                    s_inf.wait_event(self.ev_pre[k])
-                    self.infer(k)
-                    self.ev_inf[k].record(s_inf)
-            if i < n:
-                pending.result()
-                if i + 1 < n:
-                    pending = self.prefetch.submit(host, i + 1)
+        def decode():
+            for i in range(n):
                 k = i % SLOTS
+                if i >= SLOTS:
+                    inferred[i - SLOTS].wait()
+                started[i] = time.perf_counter()
+                self.host_part(batches[i], k)
                 with torch.cuda.stream(s_dec):
                     s_dec.wait_event(self.ev_inf[k])  # inference of batch i-3 has read this slot
                     self.device_part(batches[i], k)
                     self.ev_pre[k].record(s_dec)
-            if 2 <= i <= n + 1:
-                k = (i - 2) % SLOTS
+                to_infer.put(i)
+
+        def post():
+            for _ in range(n):
+                i = to_post.get()
+                if i is None or errors:
+                    return
+                k = i % SLOTS
                 with torch.cuda.stream(s_post):
                     s_post.wait_event(self.ev_inf[k])
                     nms(self.out[k])
                     s_post.synchronize()
-                lat.append(time.perf_counter() - started[i - 2])
+                lat[i] = time.perf_counter() - started[i]
+                posted[i].set()
+
+        torch.cuda.synchronize()
+        t_all = time.perf_counter()
+        threads = [threading.Thread(target=guarded(f), daemon=True) for f in (decode, post)]
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            i = to_infer.get()
+            if i is None or errors:
+                break
+            k = i % SLOTS
+            if i >= SLOTS:
+                posted[i - SLOTS].wait()  # NMS of batch i-3 has read out[k]
+            with torch.cuda.stream(s_inf):
+                s_inf.wait_event(self.ev_pre[k])
+                self.infer(k)
+                self.ev_inf[k].record(s_inf)
+            inferred[i].set()
+            to_post.put(i)
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
         torch.cuda.synchronize()
         return _summary(lat, time.perf_counter() - t_all, n * self.batch)
 
