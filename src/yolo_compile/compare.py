@@ -156,7 +156,9 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
     from polygraphy.comparator import Comparator, CompareFunc
 
     from . import study as study_mod
+    from .candidates import scoring_backend
     from .detections import agreement, decode
+    from .polyrunner import BackendRunner
 
     run_dir = Path(run_dir)
     exp = runs.require_passed(run_dir, "export")
@@ -174,10 +176,13 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
     func = YoloCompareFunc(cfg.box_atol, cfg.score_atol, cfg.conf)
     names = {int(k): v for k, v in exp["class_names"].items()}
     with runs.Timer() as t:
-        runners = [
-            OnnxrtRunner(SessionFromOnnx(str(run_dir / exp["onnx"]), providers=["cpu"]), name="fp32"),
-            OnnxrtRunner(SessionFromOnnx(str(run_dir / quant["onnx"]), providers=["cpu"]), name=f"quant-{quant['recipe']}"),
-        ]
+        # FP32 on ONNX Runtime (the reference) against the quantized model on the runtime that ships for the target.
+        shipping = scoring_backend(quant.get("target", "cpu"))
+        quant_runner = (OnnxrtRunner(SessionFromOnnx(str(run_dir / quant["onnx"]), providers=["cpu"]),
+                                     name=f"quant-{quant['recipe']}") if shipping == "onnxruntime" else
+                        BackendRunner(shipping, run_dir / quant["onnx"], name, [1, 3, size, size], exp["output_name"],
+                                      name=f"quant-{quant['recipe']}-{shipping}"))
+        runners = [OnnxrtRunner(SessionFromOnnx(str(run_dir / exp["onnx"]), providers=["cpu"]), name="fp32"), quant_runner]
         results = Comparator.run(runners, data_loader=feeds)
         # Polygraphy's own per-output report (logged), with a tolerance wide enough to be informative only.
         standard = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=1e9, check_error_stat="median"))
@@ -197,21 +202,20 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         # A runtime is verified when every check that ran on it passed: the build ships only a verified one.
         # With a labeled split, a runtime ships only where the mAP gate evaluated the model on it.
         by_backend = accuracy.get("by_backend") or {}
-        verification = {"onnxruntime": "Polygraphy tensor comparison and detection agreement"}
+        verification = {shipping: "Polygraphy tensor comparison and detection agreement"}
         for b, r in by_backend.items():
             verdict = "passed" if b in study.verified else "FAILED"
             verification[b] = (verification.get(b, "") + "; " if b in verification else "") + \
                 f"mAP gate {verdict} (drop {r['drop_points']:.2f} points)"
-        if by_backend and "onnxruntime" not in by_backend:
-            verification["onnxruntime"] += " (not the mAP gate: it ran on " + ", ".join(by_backend) + ")"
         verified = [b for b in verification if "FAILED" not in verification[b] and (not by_backend or b in by_backend)
-                    and (b != "onnxruntime" or not func.summary()[1])]
+                    and (b != shipping or not func.summary()[1])]
     plots = [_plot(func, run_dir / STAGE / "errors.png")] + study.plots
     result = CompareResult(
         status="passed" if not reasons else "failed", passed=not reasons, reasons=reasons, images=len(feeds),
         stats=stats, thresholds={"box_atol": cfg.box_atol, "score_atol": cfg.score_atol, "conf": cfg.conf,
                                  "map_drop_max": cfg.map_drop_max},
-        polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard)},
+        polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard),
+                    "quantized_on": shipping},
         agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep, skipped=study.skipped,
         verified_backends=sorted(verified) if not reasons else [], verification=verification,
         plot=f"{STAGE}/{plots[0].name}", plots=[f"{STAGE}/{p.name}" for p in plots], seconds=round(t.seconds, 2),
