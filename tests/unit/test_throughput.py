@@ -118,3 +118,25 @@ def test_latency_stats_and_config_checks():
     assert throughput.batches_for([1, 3, 64, 64], (8, 1)) == [1]
     with pytest.raises(ThroughputError, match="streams"):
         throughput.ThroughputConfig(streams=())
+
+
+def test_png_frames_skip_the_end_to_end_check_with_the_reason(timed_run, tmp_path):
+    """Line-scan PNG frames (binary-aoi) have no JPEG stream to decode: the stage passes and says why it skipped."""
+    import shutil
+
+    run_dir, _ = timed_run
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    import cv2
+
+    cv2.imwrite(str(pngs / "a.png"), np.full((64, 64, 3), 255, np.uint8))
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for p in copy.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    shutil.rmtree(copy / "throughput")
+    cfg = throughput.ThroughputConfig(cpu_batch_sizes=(1,), warmup=1, iterations=5, max_seconds=0.2, budget_seconds=1,
+                                      eval_dir=str(pngs), streams=(2,), e2e_batches=2, pytorch=False)
+    res = throughput.run(cfg, copy)
+    assert res.status == "passed" and res.end_to_end == []
+    assert any("no .jpg/.jpeg frames" in s and "JPEG camera streams" in s for s in res.skipped)
