@@ -1,12 +1,13 @@
 """Scene rendering for the `binary_aoi` reference task: a line-scan image of one bare PCB copper layer.
 
-Like public template-difference PCB-defect sets, a frame is a 640x640, nearly two-valued picture of the
-copper (bright) on the laminate (dark): bundles of octilinear traces ending in SMD pads, round pads or
-vias, copper pours with mounting holes, free vias. Six defect kinds are then painted onto the copper:
+Like public template-difference PCB-defect sets, a frame is a 640x640 thresholded, two-valued (0 and 255)
+picture of the copper (bright) on the laminate (dark): bundles of octilinear traces ending in SMD pads, round
+pads or vias, copper pours with mounting holes, free vias. Six defect kinds are then painted onto the copper:
 open, short, mousebite, spur, spurious copper and pin-hole. The defect-free layer is the *template*:
-`render(..., template=True)` returns it with the same optics and noise, so the frames differ from their
+`render(..., template=True)` returns it with the same optics and threshold, so the frames differ from their
 templates only inside the labelled boxes (a test checks it). Pixels are integer/uint8 OpenCV work only,
-so the output is bit-exact (see reference.py).
+so the output is bit-exact (see reference.py). Version 1 kept soft grey levels, shading and blur and did not
+reproduce what real thresholded sets do to entropy calibration; version 2 thresholds every scan.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ OPEN, SHORT, MOUSEBITE, SPUR, SPURIOUS_COPPER, PIN_HOLE = range(6)
 CLEARANCE = 8  # px: the least laminate between copper of different bundles, pours and vias
 BOX_PAD = 5  # px of context around a defect in its label box
 BOX_MIN = 20  # px: smallest label box side (loose boxes, as hand labels of such sets are)
+EDGE_JITTER = 24  # grey levels of threshold jitter: flips only pixels the blur left within ~0.1 of mid-grey
 _HEADINGS = np.array([(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in range(0, 360, 45)])
 
 
@@ -346,19 +348,16 @@ def _overlaps(box, boxes, gap=6):
 
 
 def _scan(rng, cu):
-    """Line-scan optics on the copper mask: two grey levels, illumination falling off along the line, blur.
+    """Line-scan capture, then the hard threshold of template-difference sets: every pixel is 0 or 255.
 
-    No per-pixel sensor noise: it would make each lossless PNG ~15x larger (~150 KB instead of ~12 KB).
+    Public sets of this kind binarise each scan before it is compared with its template, so their frames hold
+    two values and no grey. Optics (blur) and a small per-pixel jitter on the threshold only decide where an
+    edge falls: edges are a pixel or two rough, as thresholded scans are, and defects stay as drawn.
+    The jitter draws as many numbers for a template as for its frame, so the two differ only at defects.
     """
-    h, w = cu.shape
-    lam, copper = int(rng.integers(12, 48)), int(rng.integers(200, 246))
-    x = np.arange(w) / w - 0.5
-    shade = 1 - rng.uniform(0, 0.12) * x * x * 4 + rng.uniform(-0.04, 0.04) * x
-    ripple = shade + rng.uniform(0, 0.03) * np.sin(np.arange(w) * 2 * math.pi / rng.uniform(150, 700) + rng.uniform(0, 6.3))
-    g = np.rint(ripple * 256).astype(np.int32)
-    img = (lam + (copper - lam) * cu.astype(np.int32) // 255) * g[None, :] // 256
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    return cv2.GaussianBlur(img, (0, 0), round(rng.uniform(0.5, 1.0), 1))
+    soft = cv2.GaussianBlur(cu, (0, 0), round(rng.uniform(0.5, 1.0), 1)).astype(np.int16)
+    jitter = rng.integers(-EDGE_JITTER, EDGE_JITTER + 1, cu.shape, dtype=np.int16)
+    return np.where(soft + jitter > 127, 255, 0).astype(np.uint8)
 
 
 def render(rng, size, template=False):

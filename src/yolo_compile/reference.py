@@ -1,7 +1,7 @@
 """The reference tasks: synthetic PCB inspection frames with YOLO labels, and their detectors.
 
 Two tasks (`TASKS`): 'aoi', colour AOI camera frames of solder joints (scene in `_aoi_scene`, JPEG),
-and 'binary_aoi', nearly two-valued line-scan images of a bare copper layer with six trace defects
+and 'binary_aoi', thresholded, two-valued line-scan images of a bare copper layer with six trace defects
 (scene in `_binary_scene`, PNG), the shape of public template-difference PCB-defect sets.
 Every frame is a pure function of (task, seed, split, index): the random stream is a numpy
 SeedSequence of those numbers, and all pixel work is integer or uint8 OpenCV code that is
@@ -55,7 +55,7 @@ class Task:
     frame_size: tuple[int, int]
     default_seed: int
     counts: dict
-    ext: str  # '.jpg' (AOI camera frames) or '.png' (lossless, nearly binary frames)
+    ext: str  # '.jpg' (AOI camera frames) or '.png' (lossless, two-valued frames)
     rng_tag: tuple[int, ...]  # appended to the seed words: () keeps the AOI stream as it always was
     model: Path
     calib: Path
@@ -70,7 +70,7 @@ class Task:
 AOI = Task("aoi", "_aoi_scene", GENERATOR_VERSION, CLASS_NAMES, FRAME_SIZE, DEFAULT_SEED, DEFAULT_COUNTS, ".jpg", (),
            REFERENCE_MODEL, REFERENCE_CALIB, REFERENCE_DATA)
 BINARY_AOI = Task(
-    "binary_aoi", "_binary_scene", 1, ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"), (640, 640),
+    "binary_aoi", "_binary_scene", 2, ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"), (640, 640),
     20261125, {"calib": 128, "val": 200, "train": 3000, "tune": 200}, ".png", (2,),
     REPO_ROOT / "models" / "binary_aoi_yolov8n.pt", REPO_ROOT / "calib_data" / "binary_aoi",
     REPO_ROOT / "data" / "binary_aoi" / "data.yaml")
