@@ -64,3 +64,35 @@ def test_int8_weights_keep_outputs_and_shrink_the_file(setup, tmp_path):
     a = ort.InferenceSession(str(src)).run(None, {name: x})[0]
     b = ort.InferenceSession(str(dst)).run(None, {name: x})[0]
     assert np.array_equal(a, b)
+
+
+def test_fp16_template_scales_reach_quantize_and_dequantize_alike(setup, tmp_path):
+    """ModelOpt's FP16 graphs (TensorRT target) give Q and DQ separate scale initializers: both must be set.
+
+    Setting only the QuantizeLinear scale left DequantizeLinear on the one-image template's scale, and the model
+    lost nearly all its mAP; with both set, our max scales reproduce ModelOpt's own max calibration.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    exp, fp32, data = setup["exp"], setup["fp32"], setup["data"]
+    ref, template, ours = tmp_path / "ref16.onnx", tmp_path / "tpl16.onnx", tmp_path / "ours16.onnx"
+    quantize.modelopt_quantize(fp32, ref, data, exp, "max", "fp16")
+    quantize.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp16")
+    stats = scales.collect(fp32, list(scales.activation_qdq(template)), data, batch=3)
+    stats = scales.merged(stats, scales.shared_groups(fp32, template))
+    scales.apply(template, scales.thresholds(stats, "max"), ours)
+    g = onnx.load(str(ours)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    q_of = {n.output[0]: n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+    pairs = [(q_of[d.input[0]].input[1], d.input[1]) for d in g.node if d.op_type == "DequantizeLinear" and d.input[0] in q_of]
+    assert pairs and any(a != b for a, b in pairs)  # the FP16 layout this test is about
+    assert all(np.array_equal(init[a], init[b]) for a, b in pairs)
+    from yolo_compile import images
+
+    x = images.to_float(data[:2])
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {exp["input_name"]: x})[0]  # noqa: E731
+    got, want = run(ours), run(ref)
+    scores = slice(4, None)
+    assert np.abs(got[:, scores] - want[:, scores]).max() < 0.02  # scores 0..1: same calibration, FP16 rounding apart
