@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
-.PHONY: setup compile compile-tensorrt test test-all bench bench-cpu notebooks clean test-reliability bench-reliability
+.PHONY: setup compile compile-tensorrt test test-slow test-all bench bench-cpu notebooks clean test-reliability bench-reliability
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ compile-tensorrt: setup  ## stages 1-4 for a TensorRT target (5-6 run where Tens
 
 test: setup  ## the default suite (CPU, no network; slow and GPU checks deselected)
 	$(VENV)/bin/pytest -q
+
+test-slow: setup  ## the slow-marked checks (reference compiles, resume after SIGKILL, wheel, Ray cluster); CI runs them too
+	$(VENV)/bin/pytest -q -m 'slow and not gpu'
 
 test-all: setup  ## everything, GPU tests skip with their reason where no GPU/TensorRT
 	$(VENV)/bin/pytest -q -m ''

@@ -149,7 +149,10 @@ class Search:
         from .quantize import CANDIDATE_METHODS
 
         steps = []
-        if self.target == "cpu" and self.cfg.quantizer in ("auto", "nncf"):
+        # A named calibration_method (max, entropy, percentile) is a ModelOpt calibration: with quantizer=auto it
+        # means ModelOpt with that method; NNCF (its own range estimation) competes under auto, or when asked for.
+        nncf_wanted = self.cfg.quantizer == "nncf" or (self.cfg.quantizer == "auto" and self.cfg.calibration_method == "auto")
+        if self.target == "cpu" and nncf_wanted:
             import importlib.util
 
             if importlib.util.find_spec("nncf") is not None:

@@ -91,13 +91,17 @@ def test_an_archive_with_a_link_out_of_the_run_folder_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def second_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
-    """Another real checkpoint (the tiny one with one conv scaled), so a matrix has two models."""
+    """Another real checkpoint (the tiny one with a class conv of the float head scaled), so a matrix has two models.
+
+    Not the stem: scaling its weights without re-estimating the BatchNorm statistics after it made a model no
+    INT8 recipe can follow (measured: p99 box error 250-380 px on ONNX Runtime and OpenVINO alike).
+    """
     import torch
     from ultralytics import YOLO
 
     model = YOLO(str(tiny_checkpoint))
     with torch.no_grad():
-        next(model.model.parameters()).mul_(1.05)
+        model.model.model[-1].cv3[0][-1].weight.mul_(1.05)
     path = tmp_path_factory.mktemp("model2") / "tiny_b.pt"
     model.save(str(path))
     return path
@@ -172,19 +176,24 @@ def test_tensorrt_entries_are_refused_clearly_on_a_cluster_without_a_gpu_node(tm
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_the_cli_joins_a_running_cluster_and_ships_runs_back(tmp_path, tiny_checkpoint, image_sets):
+    import os
+
     ray_bin = Path(sys.executable).parent / "ray"
+    # Ray 2.60's `ray start` turns token authentication on where ~/.ray/auth_token exists while a client defaults
+    # to none (measured here: InvalidAuthToken); a test cluster names its mode for head and driver alike.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     head = subprocess.run([str(ray_bin), "start", "--head", "--num-cpus", "2", "--port", "6391",
                            "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         f = _matrix_file(tmp_path, [tiny_checkpoint], image_sets, recipes=RECIPES[:1])
         out = subprocess.run([sys.executable, "-m", "yolo_compile.cli", "matrix", str(f), "--address", "127.0.0.1:6391",
                               "--artifacts", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900,
-                             cwd=tmp_path)
+                             cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         assert "passed" in out.stdout and "matrix.html" in out.stdout
         (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
         assert (run_dir / "report.html").is_file() and runs.read_manifest(run_dir)["status"] == "passed"
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)

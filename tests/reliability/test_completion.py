@@ -109,7 +109,7 @@ def test_warm_rerun_reuses_every_stage(tmp_path, tiny_checkpoint, image_sets):
     t0 = time.perf_counter()
     second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("(cached)") == 6, second.stdout
+    assert second.stdout.count("(cached)") == 7, second.stdout  # every stage of the default workflow
     assert "WARNING" not in second.stderr and "TCP" not in first.stderr
     run = sorted((tmp_path / "runs").iterdir())[-1]
     manifest = json.loads((run / "manifest.json").read_text())

@@ -214,8 +214,8 @@ def test_binary_aoi_default_compile_passes_where_entropy_calibration_fails(tmp_p
     acc = json.loads((run_dir / "compare" / "result.json").read_text())["accuracy"]
     assert acc["fp32"]["map50_95"] >= 0.5 and acc["drop_points"] <= 0.3, acc
     assert quant["calibration_method"] != "entropy" and quant["chosen"]["drop_points"] <= 0.3, quant["chosen"]
-    tried = [c for c in quant["candidates"] if "drop_points" in c]
-    assert tried[-1]["drop_points"] <= 0.3 and all(c["drop_points"] > 0.3 for c in tried[:-1]), tried
+    nncf = [c for c in quant["candidates"] if c["quantizer"] == "nncf"]
+    assert nncf and nncf[0]["drop_points"] > 0.3, nncf  # tried first, measured worse: the search went on
 
     bad_dir, bad = run_workflow("binary-aoi", {"target": "cpu", "quantizer": "modelopt", "calibration_method": "entropy",
                                                "study": "off"}, tmp_path / "runs")
