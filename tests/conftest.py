@@ -166,6 +166,7 @@ def make_confident_run(checkpoint: Path, calib: Path, root: Path) -> tuple[Path,
 
     from yolo_compile import calibrate, detections, export, images, quantize, runs
 
+    root.mkdir(parents=True, exist_ok=True)
     model = YOLO(str(checkpoint))
     with torch.no_grad():
         for seq in model.model.model[-1].cv3:
