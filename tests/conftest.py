@@ -150,3 +150,43 @@ def activation_scales(path) -> dict[str, float]:
     init = {i.name: i for i in model.graph.initializer}
     return {n.input[0]: float(numpy_helper.to_array(init[n.input[1]]).reshape(-1)[0])
             for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init}
+
+
+def make_confident_run(checkpoint: Path, calib: Path, root: Path) -> tuple[Path, Path]:
+    """Return (run folder, data.yaml): the tiny model with class biases raised, quantized, and a split it labeled.
+
+    The tiny model's scores (~1e-4) make every study score 0 and end the recipe search at its first step; with
+    scores ~0.5 and labels from FP32's own confident detections, the judge and the mAP see real quantization
+    error (used by the parallel-study test and bench/matrix.py).
+    """
+    import json
+
+    import torch
+    from ultralytics import YOLO
+
+    from yolo_compile import calibrate, detections, export, images, quantize, runs
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = YOLO(str(checkpoint))
+    with torch.no_grad():
+        for seq in model.model.model[-1].cv3:
+            seq[-1].bias.add_(10.0)
+    model.save(str(root / "confident.pt"))
+    run = root / "run"
+    export.run(export.ExportConfig(model=str(root / "confident.pt"), imgsz=IMGSZ), run)
+    calibrate.run(calibrate.CalibrateConfig(calib_dir=str(calib), calib_images=8), run)
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="mixed", calibration_method="max", quantizer="modelopt"), run)
+    split = root / "labeled"  # square images: no letterbox, so FP32's boxes are the labels as they are
+    make_images(split / "val" / "images", 6, seed=7, size=(IMGSZ, IMGSZ))
+    (split / "val" / "labels").mkdir(parents=True)
+    exp = runs.read_result(run, "export")
+    for p in sorted((split / "val" / "images").glob("*.jpg")):
+        d = detections.decode(images.run_onnx(run / exp["onnx"], images.load_tensor(p, IMGSZ)[None], exp["input_name"])[0],
+                              conf=0.5)
+        xyxy = np.clip(d.boxes / IMGSZ, 0, 1)
+        (split / "val" / "labels" / f"{p.stem}.txt").write_text("".join(
+            f"{int(c)} {(b[0] + b[2]) / 2:.6f} {(b[1] + b[3]) / 2:.6f} {b[2] - b[0]:.6f} {b[3] - b[1]:.6f}\n"
+            for b, c in zip(xyxy, d.classes) if b[2] > b[0] and b[3] > b[1]))
+    names = {int(k): v for k, v in exp["class_names"].items()}
+    (split / "data.yaml").write_text(json.dumps({"val": "val/images", "train": "val/images", "names": names}))
+    return run, split / "data.yaml"

@@ -55,21 +55,57 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def matrix_groups(root: Path) -> list[tuple[str, Path, list[str]]]:
+    """Return [(matrix name, its folder, run names)] from the matrix.json files beside root, newest matrix first.
+
+    `yolo-compile matrix` writes artifacts/matrices/<utc time>-<name>/matrix.json next to artifacts/runs; a run
+    that several matrices name (a re-run reuses it) belongs to the newest.
+    """
+    folder, seen, out = root.parent / "matrices", set(), []
+    for mfile in sorted(folder.glob("*/matrix.json"), reverse=True) if folder.is_dir() else []:
+        try:
+            m = json.loads(mfile.read_text())
+        except (OSError, ValueError):
+            continue
+        names = [r["run"] for r in m.get("runs") or [] if isinstance(r, dict) and r.get("run") and r["run"] not in seen]
+        seen.update(names)
+        if names:
+            out.append((str(m.get("name") or mfile.parent.name), mfile.parent, names))
+    return out
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    """Print the runs newest first: status, model, recipe, target, gate, mAP drop, size, throughput."""
+    """Print the runs newest first (status, model, recipe, target, gate, mAP drop, size, throughput); matrix runs grouped."""
     from .plots import number
     from .report import facts
 
-    root = runs_root(args.artifacts)
-    rows = [["run", "status", "workflow", "model", "recipe", "target", "gate", "mAP drop", "size", "throughput"]]
-    for run in list_runs(root):
+    def row(run: Path) -> list[str]:
         f = facts(run)
         tp = f["throughput"]
-        rows.append([run.name, f["status"], f["workflow"] or "-", f["model"], f["recipe"] or "-", f["target"] or "-",
-                     f["gate"] or "-", "-" if f["map_drop"] is None else f"{f['map_drop']:.2f}",
-                     _mb(f["engine_bytes"] or f["quant_bytes"]),
-                     f"{tp['gain']:.2f}x fp32 ({number(tp['engine_images_per_s'])}/s)" if tp.get("gain") else "-"])
-    print(_table(rows) if len(rows) > 1 else f"no runs in {root}")
+        return [run.name, f["status"], f["workflow"] or "-", f["model"], f["recipe"] or "-", f["target"] or "-",
+                f["gate"] or "-", "-" if f["map_drop"] is None else f"{f['map_drop']:.2f}",
+                _mb(f["engine_bytes"] or f["quant_bytes"]),
+                f"{tp['gain']:.2f}x fp32 ({number(tp['engine_images_per_s'])}/s)" if tp.get("gain") else "-"]
+
+    root = runs_root(args.artifacts)
+    found = {run.name: run for run in list_runs(root)}
+    groups = matrix_groups(root)
+    grouped = {n for _, _, names in groups for n in names}
+    rows = [["run", "status", "workflow", "model", "recipe", "target", "gate", "mAP drop", "size", "throughput"]]
+    rows += [row(run) for name, run in found.items() if name not in grouped]
+    heads = {}  # row index -> the header line printed above it
+    for name, folder, names in groups:
+        here = [n for n in names if n in found]  # in the matrix's own order: models x targets x recipes
+        if here:
+            gone = len(names) - len(here)
+            heads[len(rows)] = (f"\nmatrix {name}: {len(here)} runs ({folder})"
+                                + (f"; {gone} listed runs are not in {root}" if gone else ""))
+            rows += [row(found[n]) for n in here]
+    if len(rows) == 1:
+        print(f"no runs in {root}")
+        return 0
+    lines = _table(rows).splitlines()
+    print("\n".join(f"{heads[i]}\n{line}" if i in heads else line for i, line in enumerate(lines)))
     return 0
 
 
@@ -303,7 +339,8 @@ def cmd_review(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Register ls, diff, verify, gc and review on the CLI's subparsers (each sets args.handler)."""
     art = dict(help="the folder of run folders; default: ./artifacts/runs")
-    p = sub.add_parser("ls", help="list runs newest first: status, model, recipe, target, gate, mAP drop, size, speed")
+    p = sub.add_parser("ls", help="list runs newest first: status, model, recipe, target, gate, mAP drop, size, speed; "
+                       "runs of a matrix under its name")
     p.add_argument("--artifacts", "--out", **art)
     p.set_defaults(handler=cmd_ls)
     p = sub.add_parser("diff", help="what differs between two runs: inputs, parameters, tools, device, mAP, sizes, speed")

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import images, runs
 from .config import check_choice, check_positive
-from .errors import CompareError, RunFolderError
+from .errors import CompareError, ConfigError, RunFolderError
 
 log = logging.getLogger(__name__)
 STAGE = "compare"
@@ -32,6 +32,7 @@ class CompareConfig:
     recipes: bool = True  # deprecated: recipes and sensitivity both false mean study off
     sensitivity: bool = True  # deprecated: see recipes
     search_steps: int = 6  # most groups the recipe search keeps in float before giving up
+    study_workers: int = 1  # Ray tasks for the study's variants (1: serial; >1 or RAY_ADDRESS: Ray, same results)
     calib_sweep: tuple[int, ...] = ()  # calibration sizes to compare, e.g. 32,64,128 (each re-calibrates)
     gate_runtimes: tuple[str, ...] = ()  # more runtimes the mAP gate evaluates (onnxruntime, openvino) besides the one that ships
 
@@ -41,6 +42,9 @@ class CompareConfig:
         check_positive("score_atol", self.score_atol)
         check_positive("map_drop_max", self.map_drop_max)
         check_choice("study", self.study, STUDY_MODES)
+        if self.study_workers < 1:
+            raise ConfigError(f"parameter 'study_workers' = {self.study_workers}: give 1 for the serial study or "
+                               "more to run its variants as that many Ray tasks")
         if not self.recipes and not self.sensitivity:
             object.__setattr__(self, "study", "off")  # the old switches, kept so earlier command lines still run
         from .backends import CPU_BACKENDS

@@ -99,15 +99,22 @@ def rank(groups: list[Group], outputs_of: Callable[[list[str], list[str]], np.nd
     """
     from tqdm.auto import tqdm
 
-    rows = []
+    verdicts = {}
     for g in tqdm(groups, desc="layer sensitivity", unit="group"):
-        kept = judge.judge(outputs_of(g.patterns, []))
-        alone = judge.judge(outputs_of([], g.patterns))
-        rows.append({"group": g.name, "nodes": len(g.nodes), "gain_if_float": round(baseline_loss - kept["loss"], 3),
-                     "loss_if_float": kept["loss"], "loss_if_only_int8": alone["loss"],
-                     "box_p99_if_only_int8": round(alone["box_p99"], 3), "score_p99_if_only_int8": round(alone["score_p99"], 4)})
-    rows.sort(key=lambda r: (-r["gain_if_float"], -r["loss_if_only_int8"]))
-    return rows
+        verdicts[g.name] = (judge.judge(outputs_of(g.patterns, [])), judge.judge(outputs_of([], g.patterns)))
+    return rows(groups, verdicts, baseline_loss)
+
+
+def rows(groups: list[Group], verdicts: dict[str, tuple[dict, dict]], baseline_loss: float) -> list[dict]:
+    """Return rank()'s sorted rows from each group's judge verdicts (kept float, only it INT8), however they were run."""
+    out = []
+    for g in groups:
+        kept, alone = verdicts[g.name]
+        out.append({"group": g.name, "nodes": len(g.nodes), "gain_if_float": round(baseline_loss - kept["loss"], 3),
+                    "loss_if_float": kept["loss"], "loss_if_only_int8": alone["loss"],
+                    "box_p99_if_only_int8": round(alone["box_p99"], 3), "score_p99_if_only_int8": round(alone["score_p99"], 4)})
+    out.sort(key=lambda r: (-r["gain_if_float"], -r["loss_if_only_int8"]))
+    return out
 
 
 def search(ranked: list[dict], groups: list[Group], drop_of: Callable[[list[str]], float], max_drop: float,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import accuracy, images, runs, scales
+from . import accuracy, images, runs, scales, variants
 from .errors import CompareError, RunFolderError
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Study:
         wanted = [scoring_backend(quant.get("target", "cpu"))] + list(getattr(cfg, "gate_runtimes", ()) or ())
         self.gate_backends = [b for b in dict.fromkeys(wanted) if available(b)[0]] or ["onnxruntime"]
         self.verified: list[str] = []
+        self.fan = None  # study_parallel.Fanout while the sensitivity runs as Ray tasks (study_workers > 1 or a cluster)
 
     # -- pieces ---------------------------------------------------------------------------------------
     def labeled(self) -> None:
@@ -101,32 +102,20 @@ class Study:
 
     def quantize(self, dst: Path, n_images: int | None = None, *, exclude=None, include=None) -> Path:
         """ModelOpt places Q/DQ (one image); scales come from the activation statistics (of n_images if given)."""
-        from .quantize import modelopt_quantize
-
         data = np.load(self.run_dir / self.calib["array"], mmap_mode="r")
-        template = Path(self.tmp.name) / f"template-{dst.name}"
-        modelopt_quantize(self.src, template, data[:1], self.exp, "max", self.hp_dtype, exclude=exclude, include=include)
-        tensors = list(scales.activation_qdq(template))
         if n_images is not None:
-            stats = scales.collect(self.src, tensors, data[:n_images], desc=f"statistics of {n_images} images")
+            stats_of = lambda t: scales.collect(self.src, t, data[:n_images], desc=f"statistics of {n_images} images")  # noqa: E731
         else:
-            stats = self.statistics(tensors, data)
-        stats = scales.merged(stats, scales.shared_groups(self.src, template))
-        scales.apply(template, scales.thresholds(stats, self.method()), dst)
-        template.unlink()
-        return dst
+            stats_of = lambda t: self.statistics(t, data)  # noqa: E731
+        return variants.build(self.src, dst, data, self.exp, self.hp_dtype, self.method(), stats_of, Path(self.tmp.name),
+                              exclude=exclude, include=include)
 
     def statistics(self, tensors: list[str], data: np.ndarray) -> scales.ActivationStats:
         """Return per-tensor statistics covering tensors: the quantize stage's, plus one pass for any missing."""
         if self.stats is None:
             saved = self.run_dir / "quantize" / "activations.npz"
             self.stats = scales.ActivationStats.load(saved) if saved.is_file() else scales.ActivationStats({}, {}, {}, 0)
-        missing = [t for t in dict.fromkeys(scales.source_name(t) for t in tensors) if t not in self.stats.amax]
-        if missing:
-            more = scales.collect(self.src, missing, data, desc=f"statistics of {len(missing)} more tensors")
-            for part in ("amax", "top", "hist", "fixed"):
-                getattr(self.stats, part).update(getattr(more, part))
-        return self.stats
+        return variants.complete(self.stats, self.src, tensors, data)
 
     @property
     def hp_dtype(self) -> str:
@@ -165,7 +154,10 @@ class Study:
             int8_all = self.quantize(self.dir / "model.int8_all.onnx")
             if self.split is not None:
                 recipes = self.recipes(int8_all)
-            sens = self.sensitivity(int8_all)
+            from .study_parallel import fan_out
+
+            with fan_out(self):  # sets self.fan when the variants run as Ray tasks; the serial study otherwise
+                sens = self.sensitivity(int8_all)
         if self.cfg.calib_sweep and self.split is not None and self.calib:
             sweep = self.calibration_sweep()
         if self.calib and self.split is not None:
@@ -214,7 +206,8 @@ class Study:
             finally:
                 path.unlink(missing_ok=True)
 
-        ranked = sv.rank(groups, outputs_of, self.judge, baseline["loss"])
+        ranked = (sv.rows(groups, self.fan.verdicts(groups), baseline["loss"]) if self.fan
+                  else sv.rank(groups, outputs_of, self.judge, baseline["loss"]))
         self.plots.append(sv.plot(ranked, self.dir / "sensitivity.png"))
         out = {"groups": len(groups), "baseline_all_int8_loss": baseline["loss"], "ranked": ranked,
                "top5": [r["group"] for r in ranked[:5]]}
@@ -231,9 +224,11 @@ class Study:
                 finally:
                     path.unlink(missing_ok=True)
 
+            # Ray tasks start on the first candidates (and those the search may ask next) while the noise is measured.
+            drops = self.fan.drops(ranked, groups, self.cfg.search_steps) if self.fan else drop_of
             # The noise of one step: paired bootstrap over the labeled images of the run's model vs all-INT8.
             self.noise = self.step_noise(int8_all)
-            out["search"] = sv.search(ranked, groups, drop_of, self.cfg.map_drop_max, self.cfg.search_steps,
+            out["search"] = sv.search(ranked, groups, drops, self.cfg.map_drop_max, self.cfg.search_steps,
                                       noise=self.noise)
             out["search"]["noise_points"] = self.noise
             if out["search"]["passed"]:
@@ -244,6 +239,8 @@ class Study:
                 out["search"]["next_step"] = (
                     "post-training quantization did not pass the gate: fine-tune with quantization in the loop "
                     "(ModelOpt's PyTorch API, mtq.quantize then a few epochs on a GPU) and compile the new checkpoint")
+        if self.fan:
+            out["ray"] = self.fan.describe()  # how it ran (workers, tasks); the scores are the serial study's
         return out
 
     def step_noise(self, int8_all: Path, rounds: int = 40) -> float:

@@ -148,3 +148,33 @@ def test_cli_help_lists_the_archive_commands():
     out = subprocess.run([sys.executable, "-m", "yolo_compile.cli", "--help"], capture_output=True, text=True)
     for cmd in ("ls", "diff", "verify", "gc", "review"):
         assert cmd in out.stdout
+
+
+def _matrix_json(folder: Path, name: str, run_names: list[str]) -> None:
+    """Write matrix.json shaped as matrix.run_matrix writes it (one passed row per run, one refused row)."""
+    rows = [{"key": f"{i:016x}", "label": f"tiny / cpu / r{i}", "node": "n1", "status": "passed", "run": r, "seconds": 9.0,
+             "summary": {"status": "passed", "gate_passed": True, "map_drop_points": 0.1, "quantized_sha256": "0" * 64},
+             "entry": {"model": "/m/tiny.pt", "target": "cpu", "recipe": f"r{i}"}} for i, r in enumerate(run_names)]
+    rows.append({"key": "f" * 16, "label": "tiny / tensorrt / r0", "status": "refused", "error": "needs a node with a GPU",
+                 "entry": {"model": "/m/tiny.pt", "target": "tensorrt", "recipe": "r0"}})
+    folder.mkdir(parents=True)
+    (folder / "matrix.json").write_text(json.dumps({"name": name, "matrix_file": "/m/matrix.yaml", "seconds": 20.0,
+                                                    "cluster": {"CPU": 2.0}, "runs": rows}, indent=1))
+
+
+def test_ls_groups_the_runs_of_a_matrix_under_its_name(run, tmp_path, capsys):
+    a, b = run.parent / "20260103T000000Z-0000mtxa", run.parent / "20260104T000000Z-0000mtxb"
+    for d in (a, b):
+        shutil.copytree(run, d)
+    matrices = tmp_path / "matrices"  # beside runs/, as artifacts/matrices sits beside artifacts/runs
+    _matrix_json(matrices / "20260101T000000Z-old", "old", [a.name])
+    _matrix_json(matrices / "20260105T000000Z-nightly", "nightly", [b.name, a.name, "20260101T000000Z-gone"])
+    assert cli.main(["ls", "--artifacts", str(run.parent)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["run", "status"] and out[1].startswith(run.name), "a run of no matrix: as before"
+    i = next(k for k, line in enumerate(out) if line.startswith("matrix nightly: 2 runs"))
+    assert out[i - 1] == "" and "1 listed runs are not in" in out[i]
+    assert out[i + 1].startswith(b.name) and out[i + 2].startswith(a.name), "in the matrix's order"
+    assert not any(line.startswith("matrix old") for line in out), "a reused run belongs to the newest matrix"
+    assert sum(line.startswith(a.name) for line in out) == 1 and len(out) == i + 3
+    assert len({line.index("passed") for line in out if "passed" in line}) == 1, "one table: columns line up"
