@@ -328,12 +328,23 @@ def cmd_review(args: argparse.Namespace) -> int:
 
         time.sleep(2)
         webbrowser.open(url)
+    import signal
+
+    def _stop(*_):  # a SIGTERM (a supervisor, a test) ends the server too, not only this process
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
         return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def add_commands(sub) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -58,3 +59,14 @@ def test_review_serves_the_run_notebooks_in_jupyterlab_and_prints_the_url(finish
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    # the JupyterLab server went with it (it used to outlive a terminated `review` as an orphan)
+    port = url.split("127.0.0.1:")[1].split("/")[0]
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p).count(f"--ServerApp.port={port}")]
+    assert not left, [_cmdline(p) for p in left]
+
+
+def _cmdline(p) -> str:
+    try:
+        return (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
