@@ -103,7 +103,7 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
                              run_dir)
             shutil.copy(run_dir / q.onnx, work / f"ours-{target}.onnx")
             print(f"  ours ({target}): {q.quantizer} {q.calibration_method}; candidates:",
-                  json.dumps([{k: r[k] for k in ('quantizer', 'calibration', 'drop_points')} for r in q.candidates]))
+                  json.dumps([{k: r.get(k, 'not tried') for k in ('quantizer', 'calibration', 'drop_points')} for r in q.candidates]))
         timed(f"ours auto ({target})", ours, work / f"ours-{target}.onnx")
     timed("modelopt defaults (entropy, all INT8)",
           lambda: quantize.modelopt_quantize(fp32, work / "modelopt.onnx", data, exp, "entropy", "fp32"), work / "modelopt.onnx")
