@@ -94,7 +94,12 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
 
     def timed(label, fn, path):
         t = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001  a tool that cannot quantize this model is a row with its reason
+            rows.append({"recipe": label, "file": path, "seconds": round(time.perf_counter() - t, 1),
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+            return
         rows.append({"recipe": label, "file": path, "seconds": round(time.perf_counter() - t, 1)})
 
     for target in ("cpu", "tensorrt"):
@@ -120,8 +125,8 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
     base = {}
     for row in rows:
         path = row["file"]
-        if not path.exists():
-            row["error"] = "not produced"
+        if row.get("error") or not path.exists():
+            row.setdefault("error", "not produced")
             continue
         for backend in ("onnxruntime", "openvino"):
             if path.is_dir() and backend == "onnxruntime":
