@@ -98,10 +98,10 @@ def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_di
     """
     if cache_dir is None or not array_key:
         return predict(model_path, array, desc=desc, backend=backend)
+    import hashlib
+
     from . import runs
     from .backends import runtime_version
-
-    import hashlib
 
     text = f"{runs.sha256(model_path)}|{backend}|{runtime_version(backend)}|{array_key}"
     key = hashlib.sha256(text.encode()).hexdigest()[:40]
@@ -159,9 +159,9 @@ def map_of_rows(rows: list[tuple], names: dict, idx=None) -> tuple[float | None,
     return float(ap.mean()), float(ap[:, 0].mean()), int(len(tcls_all)), res
 
 
-def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict, rows: dict | None = None) -> dict:
+def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict) -> dict:
     """Return mAP50-95, mAP50, per-class AP and small-object mAP of detections against the split's labels."""
-    rows = rows or matched(dets, split, size)
+    rows = matched(dets, split, size)
     out = {}
     for key in ("all", "small"):
         m, m50, n, res = map_of_rows(rows[key], names)
@@ -250,10 +250,6 @@ class Scorer:
     def score(self, path: Path, label: str) -> float:
         """Return the candidate's drop from FP32 in points (smaller is better)."""
         return round(self.base - self.value(self.predict(path, label), range(len(self.array))), 3)
-
-    def noise_vs_fp32(self, a: str, rounds: int = 40, seed: int = 0) -> float:
-        """Return the paired-bootstrap standard deviation of one candidate's drop from FP32."""
-        return self.noise(a, "fp32", rounds, seed)
 
     def noise(self, a: str, b: str, rounds: int = 40, seed: int = 0) -> float:
         """Return the paired-bootstrap standard deviation (over images) of the drop difference between a and b."""

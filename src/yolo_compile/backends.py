@@ -63,9 +63,8 @@ def runtime_version(name: str) -> str:
     """Return the installed version of a backend's package ('' when absent), without loading a model."""
     from importlib import metadata
 
-    dist = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "pytorch": "torch"}.get(name, name)
     try:
-        return metadata.version(dist)
+        return metadata.version(_MODULES.get(name, name))  # each backend's distribution is named as its module
     except metadata.PackageNotFoundError:
         return ""
 

@@ -200,7 +200,7 @@ class Search:
             return rows[0]
         self.scorer = self.make_scorer()
         rows, accepted, untried = [], None, []
-        for i, (label, build) in enumerate(steps):
+        for label, build in steps:
             if accepted is not None:
                 untried.append(label)
                 continue
@@ -215,7 +215,7 @@ class Search:
         rows.sort(key=lambda r: r["drop_points"])
         best = accepted or rows[0]
         second = next((r for r in rows if r is not best), None)
-        noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise_vs_fp32(best["file"])
+        noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise(best["file"], "fp32")
         self.rows = [_public(r) for r in rows] + [{"quantizer": lbl.split()[0], "calibration": lbl.split(" ", 1)[1],
                                                    "not_tried": f"{accepted['quantizer']} {accepted['calibration']} was "
                                                                 f"within accept_drop={self.cfg.accept_drop:g}"}
