@@ -38,17 +38,31 @@ def warm_lines(stage: str) -> str:
 
 
 class KernelPool:
-    """At most one kernel started ahead, for the stage named; `take` hands it over, `close` ends what is left."""
+    """Kernels started ahead for the stages named (at most `depth` at a time); `take` hands one over, `close` ends the rest.
 
-    def __init__(self, cwd: Path, extra_arguments: list[str]):
-        self.cwd, self.args = Path(cwd), list(extra_arguments)
-        self.ahead: tuple[str, object] | None = None
+    Two ahead, not one: a short stage (calibrate takes about 2 s) would otherwise leave the next kernel
+    (quantize: OpenVINO, NNCF, torch) still importing when its stage begins.
+    """
 
-    def prepare(self, stage: str | None) -> None:
-        """Start a kernel for `stage` now, unless one is already waiting (or stage is None)."""
-        if stage is None or (self.ahead and self.ahead[0] == stage):
-            return
-        self.close()
+    def __init__(self, cwd: Path, extra_arguments: list[str], depth: int = 2):
+        self.cwd, self.args, self.depth = Path(cwd), list(extra_arguments), depth
+        self.ahead: dict[str, object] = {}
+
+    def prepare(self, *stages: str | None) -> None:
+        """Have kernels started for the first `depth` of `stages` (None ends the list); end any started for others."""
+        wanted = []
+        for s in stages:
+            if s is None:
+                break
+            wanted.append(s)
+        wanted = wanted[: self.depth]
+        for stage in [s for s in self.ahead if s not in wanted]:
+            shutdown(self.ahead.pop(stage))
+        for stage in wanted:
+            if stage not in self.ahead:
+                self._start(stage)
+
+    def _start(self, stage: str) -> None:
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
@@ -59,16 +73,15 @@ class KernelPool:
         except Exception as e:  # noqa: BLE001  papermill starts its own kernel instead: slower, never wrong
             log.warning("could not start a kernel ahead for %s: %s", stage, e)
             return
-        self.ahead = (stage, km)
+        self.ahead[stage] = km
 
     def take(self, stage: str):
         """Return the kernel manager started for `stage` (alive), or None: papermill then starts one."""
-        if not self.ahead or self.ahead[0] != stage:
+        km = self.ahead.pop(stage, None)
+        if km is None:
             return None
         from jupyter_core.utils import run_sync
 
-        _, km = self.ahead
-        self.ahead = None
         try:
             alive = run_sync(km.is_alive)()
         except Exception:  # noqa: BLE001
@@ -79,9 +92,8 @@ class KernelPool:
         return km
 
     def close(self) -> None:
-        if self.ahead:
-            shutdown(self.ahead[1])
-            self.ahead = None
+        for stage in list(self.ahead):
+            shutdown(self.ahead.pop(stage))
 
 
 def shutdown(km) -> None:

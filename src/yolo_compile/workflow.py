@@ -191,8 +191,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 info = {**prev, "kept": True}
                 runs.record_stage(run_dir, stage, kept=True)
             else:
-                nxt = stages[i + 1] if i + 1 < len(stages) else None
-                info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose, pool, nxt)
+                info = _run_stage(run_dir, wf, stage, sp, key, cache if use_cache else None, verbose, pool, stages[i + 1:])
             info = {**info, "wall_seconds": round(time.perf_counter() - t0, 2), "run_dir": str(run_dir)}
             runs.record_stage(run_dir, stage, wall_seconds=info["wall_seconds"])
             touched = [f"{s}: {', '.join(bad)}" for s, outs in upstream.items()
@@ -224,7 +223,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
 
 
 def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, verbose: bool, pool=None,
-               next_stage: str | None = None) -> dict:
+               later: list[str] | tuple = ()) -> dict:
     """Restore a stage from the cache or execute its notebook; record and return its manifest entry."""
     nb = notebook_for(stage)
     out_nb = run_dir / nb.name
@@ -247,7 +246,7 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     t0 = time.perf_counter()
     km = pool.take(stage) if pool else None
     if pool:
-        pool.prepare(next_stage)  # the next stage's kernel boots while this one runs
+        pool.prepare(*later)  # the next stages' kernels boot while this one runs
     try:
         error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
     finally:

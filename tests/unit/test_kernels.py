@@ -42,3 +42,21 @@ def test_warm_lines_import_every_stage_and_ignore_missing_modules(tmp_path):
     ns: dict = {}
     exec(kernels.warm_lines("no_such_stage_module"), ns)  # an import that fails is ignored
     assert "_yc_warm" not in ns
+
+
+def test_two_kernels_ahead_and_the_ones_no_longer_wanted_are_ended(tmp_path):
+    from jupyter_core.utils import run_sync
+
+    pool = kernels.KernelPool(tmp_path, KERNEL_ARGS, depth=2)
+    try:
+        pool.prepare("calibrate", "bandwidth", "build")  # only the first two start
+        assert sorted(pool.ahead) == ["bandwidth", "calibrate"]
+        first = pool.ahead["calibrate"]
+        pool.prepare("bandwidth", None, "build")  # None ends the list: calibrate's kernel is no longer wanted
+        assert list(pool.ahead) == ["bandwidth"]
+        assert not run_sync(first.is_alive)()
+        km = pool.take("bandwidth")
+        assert km is not None and run_sync(km.is_alive)() and pool.ahead == {}
+        kernels.shutdown(km)
+    finally:
+        pool.close()
