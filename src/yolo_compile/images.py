@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,17 @@ def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str 
                     info["stats"], reused, info["skipped"], [hashes[i] for i in info["kept"]])
 
 
+def _load_one(path: Path, sha: str, size: int) -> tuple[np.ndarray | None, str]:
+    """Return one file as its (3, size, size) RGB letterboxed uint8 tensor, or (None, why it is skipped)."""
+    data = path.read_bytes()
+    img, why = decode(data)
+    if img is not None and hashlib.sha256(data).hexdigest() != sha:
+        return None, "changed while being read"
+    if img is None:
+        return None, why
+    return letterbox(img, size)[:, :, ::-1].transpose(2, 0, 1), ""
+
+
 def _build(paths: list[Path], hashes: list[str], size: int, key: str, out: Path, meta: Path, desc: str) -> None:
     """Decode, letterbox and store the images (uint8) at out, and their stats and skips at meta (both atomic)."""
     from tqdm.auto import tqdm
@@ -171,19 +183,17 @@ def _build(paths: list[Path], hashes: list[str], size: int, key: str, out: Path,
     stats, kept, skipped = [], [], []
     with atomic_path(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(max(len(paths), 1), 3, size, size))
-        for i, path in enumerate(tqdm(paths, desc=desc, unit="img", mininterval=2)):
-            data = path.read_bytes()
-            img, why = decode(data)
-            if img is not None and hashlib.sha256(data).hexdigest() != hashes[i]:
-                img, why = None, "changed while being read"
-            if img is None:
-                skipped.append({"file": str(path), "reason": why})
-                continue
-            row = arr[len(kept)]
-            row[...] = letterbox(img, size)[:, :, ::-1].transpose(2, 0, 1)
-            x = row.astype(np.float32) / np.float32(255.0)
-            stats.append({"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)})
-            kept.append(i)
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:  # decoders release the GIL
+            done = pool.map(lambda i: _load_one(paths[i], hashes[i], size), range(len(paths)))
+            for i, (boxed, why) in enumerate(tqdm(done, total=len(paths), desc=desc, unit="img", mininterval=2)):
+                if boxed is None:
+                    skipped.append({"file": str(paths[i]), "reason": why})
+                    continue
+                row = arr[len(kept)]
+                row[...] = boxed
+                x = row.astype(np.float32) / np.float32(255.0)
+                stats.append({"mean": round(float(x.mean()), 4), "std": round(float(x.std()), 4)})
+                kept.append(i)
         arr.flush()
         if len(kept) != arr.shape[0]:  # skips (or nothing at all): keep only the decoded rows
             with atomic_path(tmp) as compact:

@@ -61,7 +61,8 @@ def test_cpu_build_ships_only_a_verified_engine_and_builds_no_other(run_copy):
     res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
     assert res.status == "passed" and res.backend == "onnxruntime" and res.choice["picked"] == "onnxruntime"
     assert res.choice["candidates"] == ["onnxruntime"]
-    assert res.choice["images_per_s"]["onnxruntime"] > 0 and set(res.choice["images_per_s"]) == {"onnxruntime"}
+    assert res.choice["images_per_s"] == {}  # one engine may ship: nothing to decide by timing
+    assert "the only engine that may ship (not timed here" in res.choice["reason"]
     assert res.choice["verified_backends"] == ["onnxruntime"]
     assert "openvino: not built, the compare stage did not verify it" in res.choice["reason"]
     assert res.checks["passed"] and "calibration images" in res.checks["images"]
