@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
-.PHONY: setup compile compile-tensorrt test test-slow test-all bench bench-cpu notebooks clean test-reliability bench-reliability
+.PHONY: setup compile compile-tensorrt test test-slow test-all bench bench-cpu bench-readme notebooks clean test-reliability bench-reliability
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ bench: setup
 
 bench-cpu: setup  ## ours vs Ultralytics' OpenVINO INT8 export on this CPU; rewrites its table in bench/README.md
 	$(PY) bench/cpu_target.py --write
+
+bench-readme: setup  ## every CPU benchmark of bench/README.md, rewritten in place (compile time, the peer, calibration memory)
+	$(PY) bench/compile_time.py --write
+	$(PY) bench/cpu_target.py --write
+	$(PY) bench/calibration_memory.py --write
 
 notebooks: setup  ## regenerate notebooks/ from the stage configs
 	$(PY) scripts/make_notebooks.py

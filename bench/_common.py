@@ -1,4 +1,4 @@
-"""Shared by bench/load.py and bench/compile_time.py: the tiny model for quick runs, process-tree memory."""
+"""Shared by the benchmarks: the tiny model for quick runs, process-tree memory, tables, README sections."""
 
 from __future__ import annotations
 
@@ -66,3 +66,28 @@ def table(rows: list[list], header: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def machine_line() -> str:
+    """Return the machine a figure was measured on, and when, as one line."""
+    sys.path.insert(0, str(REPO / "src"))
+    from yolo_compile import runs
+
+    dev = runs.device_info()
+    vnni = ", ".join(sorted(runs.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})) or "none (no VNNI/AMX)"
+    return (f"Machine: {dev.get('cpu')}, {dev.get('cores')} cores, {dev.get('memory_gib')} GiB; INT8 instructions: {vnni}. "
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+
+
+def write_section(name: str, title: str, command: str, text: str) -> None:
+    """Put text into bench/README.md between its `<!-- name:start/end -->` markers (appended when absent), atomically."""
+    import os
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    readme = REPO / "bench" / "README.md"
+    old = readme.read_text() if readme.is_file() else "# Benchmarks\n\nLatest figures; each section names the command that regenerates it.\n"
+    section = f"{start}\n## {title}\n\n`{command}`\n\n{text}\n{end}"
+    new = old.split(start)[0] + section + old.split(end)[1] if start in old and end in old else old.rstrip() + "\n\n" + section + "\n"
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, readme)

@@ -1,6 +1,6 @@
 """Peak anonymous memory of calibrate + quantize by calibration size, as ratios to the smallest size.
 
-    python bench/calibration_memory.py [--sizes 128,512,1024] [--method max]
+    python bench/calibration_memory.py [--sizes 128,512,1024] [--method max] [--write]
 
 RssAnon (sampled every 20 ms in the child), not RSS: touched pages of the memory-mapped image cache count in
 RSS but are not held memory. Each size runs in a fresh process. The reference calibration folder holds fewer
@@ -47,6 +47,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="128,512,1024")
     ap.add_argument("--method", default="max")
+    ap.add_argument("--write", action="store_true", help="write the table into bench/README.md")
     args = ap.parse_args()
     import os
 
@@ -65,7 +66,7 @@ def main() -> int:
         (folder / f"{i:05d}{src.suffix}").symlink_to(src)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "YOLO_COMPILE_CACHE": str(base / "cache")}
     print(f"{'images':>6} {'peak RssAnon GiB':>17} {'ratio':>6} {'seconds':>8}")
-    first = None
+    first, md = None, ["| calibration images | peak anonymous memory GiB | ratio to the first | seconds |", "|---|---|---|---|"]
     for n in sizes:
         run_dir = base / f"run-{n}"
         run_dir.mkdir()
@@ -78,7 +79,17 @@ def main() -> int:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         first = first or r["peak_anon_gib"]
         print(f"{n:>6} {r['peak_anon_gib']:>17.2f} {r['peak_anon_gib'] / first:>6.2f} {r['seconds']:>8.1f}")
-    print(f"goal: {max(sizes)} images <= {GOAL}x of {sizes[0]}")
+        md.append(f"| {n} | {r['peak_anon_gib']:.2f} | {r['peak_anon_gib'] / first:.2f} | {r['seconds']:.1f} |")
+        last = r["peak_anon_gib"] / first
+    verdict = f"goal: {max(sizes)} images <= {GOAL}x of {sizes[0]} -> {'met' if last <= GOAL else 'MISSED'}"
+    print(verdict)
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import machine_line, write_section
+
+        write_section("calibration_memory", f"Calibration memory (calibrate + quantize, ModelOpt {args.method})",
+                      "python bench/calibration_memory.py --write",
+                      "\n".join([machine_line(), "", *md, "", f"- {verdict}"]))
     return 0
 
 

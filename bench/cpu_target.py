@@ -27,7 +27,6 @@ os.environ["YOLO_AUTOINSTALL"] = "false"  # check_requirements may not pip-insta
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- cpu_target:start -->", "<!-- cpu_target:end -->"
 
 
 def dataset_copy(root: Path, calib_files: list[Path], data_yaml: Path) -> Path:
@@ -167,21 +166,17 @@ def main() -> int:
              f"{'met' if mine['ips'] >= peer['ips'] else 'MISSED'}",
              f"compile time: ours {ours_s:.0f} s (gate included) vs their INT8 export {ov_s:.0f} s = "
              f"{ours_s / ov_s:.1f}x (goal <= 2x) -> {'met' if ours_s <= 2 * ov_s else 'MISSED'}"]
-    dev = runs.device_info()
-    machine = (f"{dev.get('cpu')}, {dev.get('cores')} cores, {dev.get('memory_gib')} GiB; INT8 instructions: "
-               f"{', '.join(sorted(runs.cpu_flags() & {'avx512_vnni', 'avx_vnni', 'amx_int8'})) or 'none (no VNNI/AMX)'}")
-    text = "\n".join([f"Machine: {machine}. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+    from _common import machine_line
+
+    text = "\n".join([machine_line(), "",
                       *lines, "", *[f"- {g}" for g in goals],
                       f"- our stages (s): {', '.join(f'{k} {v}' for k, v in stages.items())}",
                       f"- our engine's choice: {build.get('choice', {}).get('reason', build.get('backend'))}"])
     print(text)
     if args.write:
-        readme = REPO / "bench" / "README.md"
-        old = readme.read_text() if readme.is_file() else "# Benchmarks\n\nLatest figures; each section names the command that regenerates it.\n"
-        section = (f"{START}\n## CPU target vs Ultralytics' OpenVINO INT8 export\n\n"
-                   f"`python bench/cpu_target.py --write`\n\n{text}\n{END}")
-        new = old.split(START)[0] + section + old.split(END)[1] if START in old else old.rstrip() + "\n\n" + section + "\n"
-        readme.write_text(new)
+        from _common import write_section
+
+        write_section("cpu_target", "CPU target vs Ultralytics' OpenVINO INT8 export", "python bench/cpu_target.py --write", text)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
