@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -180,7 +181,8 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     status, upstream = "passed", {}
     pool = KernelPool(run_dir, KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
     stages = list(wf["stages"])
-    with runs.file_lock(run_dir / ".lock", wait=False):
+    # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
+    with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext():
         for i, stage in enumerate(stages):
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
@@ -208,7 +210,7 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 break
             upstream[stage] = runs.read_manifest(run_dir)["stages"][stage]["outputs"]
         if pool:
-            pool.close()
+            pool.close()  # now: the report below needs no kernel
         for stage, outs in upstream.items():  # the end of the run: everything is re-hashed
             bad = stagecache.changed_outputs(run_dir, outs)
             if bad:
