@@ -137,6 +137,7 @@ def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
     f.write_text(yaml.safe_dump(spec))
     _, entries = matrix.load(f)
     rows: dict[str, tuple] = {}
+    stages: dict[str, dict] = {}
     cores = os.cpu_count() or 1
     for point in [x.strip() for x in args.workers.split(",") if x.strip()]:
         t0 = busy()
@@ -149,6 +150,7 @@ def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
                 if manifest["status"] != "passed":
                     print(f"warning: serial run {e.label} ended {manifest['status']}")
             rows[point] = ("serial run x8", 1, time.perf_counter() - t0[0], sum(each) / len(each), cores_busy(t0))
+            stages[point] = stage_means(work / "serial" / "runs")
         else:
             import ray
 
@@ -161,7 +163,22 @@ def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
                 print(f"warning: Ray {n} workers: {', '.join(bad)} did not pass")
             run_s = sum(r.get("seconds") or 0 for r in result["runs"]) / len(result["runs"])
             rows[point] = (f"matrix, Ray {n} workers", n, wall, run_s, load)
+            stages[point] = stage_means(work / f"ray{n}" / "runs")
         _report(rows, cores)
+        names = list(next(iter(stages.values())))
+        print("\nmean wall s of each stage of a run (what grows under contention)\n\n| point | " + " | ".join(names) +
+              " |\n|---|" + "---|" * len(names))
+        for key, means in stages.items():
+            print(f"| {key} | " + " | ".join(f"{means.get(s, float('nan')):.1f}" for s in names) + " |", flush=True)
+
+
+def stage_means(root: Path) -> dict[str, float]:
+    """Return {stage: mean wall seconds} over the run folders under root (from their manifests)."""
+    walls: dict[str, list[float]] = {}
+    for m in sorted(root.glob("*/manifest.json")):
+        for stage, info in json.loads(m.read_text()).get("stages", {}).items():
+            walls.setdefault(stage, []).append(float(info.get("wall_seconds") or 0))
+    return {s: sum(v) / len(v) for s, v in walls.items()}
 
 
 def _report(rows: dict, cores: int) -> None:
