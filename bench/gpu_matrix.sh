@@ -3,11 +3,12 @@
 # notebooks/, workflows/, tests/conftest.py, pyproject.toml and site.tar.xz (slim Ray plus the packages the host
 # lacks, unpacked: bench/README.md says how it is made). CPU only: the GPU is hidden, so the runs are CPU-target
 # compiles scored and shipped on ONNX Runtime (the host has no OpenVINO or NNCF).
-#   usage: OUT=dir STUDY="--study-workers 2,4,8" MATRIX="--workers 8,4,2,1" bash bench/gpu_matrix.sh
+#   usage: OUT=dir STUDY="--study-workers 8 --search-steps 1" MATRIX="--workers 8,serial,4,2,1" bash bench/gpu_matrix.sh
 # The study runs first (it also warms the page cache for the serial runs), each part under its own time limit.
 set -o pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+for d in models calib_data data; do [ -e $d ] || ln -s ../../$d $d; done  # reference data: the checkout's, two up
 [ -d /tmp/site ] || tar -xJf site.tar.xz -C /tmp || exit 3
 export PYTHONPATH=/tmp/site JUPYTER_PATH=/tmp/site/share/jupyter YOLO_OFFLINE=1 CUDA_VISIBLE_DEVICES=
 python3 -m compileall -q -j 0 /tmp/site src >/dev/null 2>&1  # bytecode now, not inside the first timed run
