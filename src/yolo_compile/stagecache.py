@@ -3,8 +3,9 @@
 
 A stage key is the sha256 of: the stage name, its typed parameters (less those that only say how it runs), the
 sha256 of every input file or folder it reads (its path parameters), the output hashes of the earlier stages of
-the workflow, the tool versions, the device, the preprocessing version and the package's own code. Equal keys mean equal work, so a stage
-whose key is in the cache links (copies) the earlier outputs instead of running its notebook.
+the workflow, the tool versions, the device, the preprocessing version and the package's own code. Equal keys
+mean equal work, so a stage whose key is in the cache links (copies) the earlier outputs instead of running its
+notebook.
 """
 
 from __future__ import annotations
