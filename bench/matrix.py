@@ -2,12 +2,14 @@
 """Wall time of an 8-run compile matrix: serial `run`s vs `yolo-compile matrix` on embedded Ray with 1, 2, 4, 8 workers;
 and of the compare stage's accuracy study, serial vs its variants on Ray (study_workers).
 
-  python bench/matrix.py                 # the tiny test model at 64 px: 2 models x 2 recipes x 2 calibration methods
-  python bench/matrix.py --workers 1,2   # fewer points
+  python bench/matrix.py                 # the tiny test model at 64 px: 8 models (4 entropy, 4 max calibration)
+  python bench/matrix.py --workers serial,1,2    # fewer points (the order they run in)
   python bench/matrix.py --study-only --study-workers 2 --search-steps 1   # only the study (a short smoke run)
 
 Each point starts from an empty artifacts folder and cache. Speedup is serial / matrix; efficiency is speedup /
-min(workers, cores): the goal is >= 0.7 up to the core count.
+min(workers, cores): the goal is >= 0.7 up to the core count. "run s" is the mean wall time of one run inside a point
+(it grows when runs contend for cores); "cores busy" is the machine's CPU time over the point's wall time (what a
+serial run already keeps busy bounds the speedup at cores / that).
 """
 
 from __future__ import annotations
@@ -24,12 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
+# Ray workers and notebook kernels import this checkout's package too (not an installed or editable one elsewhere)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.pop("YOLO_COMPILE_CACHE", None)  # each point's runs use their own artifacts/cache: nothing is warm
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", default="1,2,4,8")
+    ap.add_argument("--workers", default="serial,1,2,4,8",
+                    help="points in the order they run: serial (8 plain runs) or a Ray worker count")
     ap.add_argument("--study-workers", default="2", help="study_workers values timed against the serial study")
     ap.add_argument("--search-steps", type=int, default=3, help="recipe-search steps of the timed study")
     ap.add_argument("--study-only", action="store_true", help="skip the matrix; time only the study")
@@ -63,29 +69,49 @@ def bench_study(args, work: Path, sets: dict, checkpoint: Path) -> None:
         shutil.copytree(src, run)
         cfg = compare.CompareConfig(eval_dir=str(sets["eval"]), eval_images=4, box_atol=1e3, score_atol=1.0, data=str(data),
                                     study="full", map_drop_max=0.05, search_steps=args.search_steps, study_workers=n)
-        t0 = time.perf_counter()
+        t0 = busy()
         try:
             compare.run(cfg, run)
         except CompareError:  # a failed gate still writes the study
             pass
-        wall = time.perf_counter() - t0
+        wall, load = time.perf_counter() - t0[0], cores_busy(t0)
         sens = json.loads((run / "compare" / "result.json").read_text())["sensitivity"]
         ran = sens.pop("ray", {})
         sens.get("search", {}).pop("apply", None)
         results.append(sens)
         serial = rows[0][2] if rows else wall
         rows.append((f"study, {'serial' if n == 1 else f'Ray {n} workers'}", n, wall, serial / wall,
-                     serial / wall / min(n, os.cpu_count() or 1), ran.get("variants", "-"), ran.get("speculative_unused", "-")))
+                     serial / wall / min(n, os.cpu_count() or 1), ran.get("variants", "-"), ran.get("speculative_unused", "-"),
+                     load))
     same = all(r == results[0] for r in results)
     print(f"\ncompare stage, full study (tiny YOLOv8n at {conftest.IMGSZ} px, {sens.get('groups')} groups, search_steps "
           f"{args.search_steps}), {os.cpu_count()} cores, {os.uname().nodename}; results identical to serial: {same}\n")
-    print("| mode | workers | wall s | speedup | efficiency | variants on Ray | searched ahead, unused |\n|---|---|---|---|---|---|---|")
-    for name, n, wall, sp, eff, var, unused in rows:
-        print(f"| {name} | {n} | {wall:.1f} | {sp:.2f}x | {eff:.2f} | {var} | {unused} |")
+    print("| mode | workers | wall s | speedup | efficiency | variants on Ray | searched ahead, unused | cores busy |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for name, n, wall, sp, eff, var, unused, load in rows:
+        print(f"| {name} | {n} | {wall:.1f} | {sp:.2f}x | {eff:.2f} | {var} | {unused} | {load:.2f} |", flush=True)
+
+
+def busy() -> tuple[float, float]:
+    """Return (wall time, CPU seconds the whole machine has spent busy) now, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return time.perf_counter(), (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cores_busy(t0: tuple[float, float]) -> float:
+    t1 = busy()
+    return (t1[1] - t0[1]) / (t1[0] - t0[0])
 
 
 def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
-    """Print the 8-run matrix serially and on Ray with each worker count."""
+    """Print the 8-run matrix serially and on Ray with each worker count.
+
+    Eight distinct models (the tiny checkpoint with its first weight scaled), recipe mixed, calibration entropy
+    for four and max for four: every run passes its gate and no two runs share a stage, so serial and matrix do
+    the same work (a matrix task's stage cache is its own; serial runs would reuse each other's export and
+    calibration of a repeated model).
+    """
     import yaml
 
     import conftest
@@ -95,39 +121,78 @@ def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
     import torch
     from ultralytics import YOLO
 
-    m = YOLO(str(a))
-    with torch.no_grad():
-        next(m.model.parameters()).mul_(1.05)
-    b = work / "tiny_b.pt"
-    m.save(str(b))
-    spec = {"name": "bench", "models": [str(a), str(b)], "targets": ["cpu"],
-            "recipes": [{"name": f"{r}-{c}", "params": {"recipe": r, "calibration_method": c}}
-                        for r in ("mixed", "int8") for c in ("entropy", "max")],
+    models = []
+    for i, scale in enumerate((1.0, 1.05, 0.95, 1.1, 0.9, 1.15, 0.85, 1.2)):
+        m = YOLO(str(a))
+        with torch.no_grad():
+            next(m.model.parameters()).mul_(scale)
+        models.append(work / f"tiny_{i}.pt")
+        m.save(str(models[-1]))
+    spec = {"name": "bench", "models": [str(m) for m in models], "targets": ["cpu"],
+            "recipes": [{"name": "mixed", "params": {"recipe": "mixed", "calibration_method": "entropy"}}],
+            "overrides": [{"match": {"model": f"tiny_{i}"}, "params": {"calibration_method": "max"}} for i in range(4, 8)],
             "calib": str(sets["calib"]), "eval": str(sets["eval"]), "data": str(sets["data"]),
-            "params": {"imgsz": conftest.IMGSZ, "batch_sizes": "1", "max_seconds": 0.3, "target": "cpu"}}
+            "params": {"imgsz": conftest.IMGSZ, "batch_sizes": "1", "max_seconds": 0.3, "target": "cpu", "pytorch": False}}
     f = work / "matrix.yaml"
     f.write_text(yaml.safe_dump(spec))
     _, entries = matrix.load(f)
-    rows = []
-    t0 = time.perf_counter()
-    for e in entries:
-        run_workflow(e.workflow, dict(e.overrides), work / "serial" / "runs")
-    serial = time.perf_counter() - t0
-    rows.append(("serial run x8", 1, serial, 1.0, 1.0))
+    rows: dict[str, tuple] = {}
+    stages: dict[str, dict] = {}
     cores = os.cpu_count() or 1
-    import ray
+    for point in [x.strip() for x in args.workers.split(",") if x.strip()]:
+        t0 = busy()
+        if point == "serial":
+            each = []
+            for e in entries:
+                t = time.perf_counter()
+                _, manifest = run_workflow(e.workflow, dict(e.overrides), work / "serial" / "runs")
+                each.append(time.perf_counter() - t)
+                if manifest["status"] != "passed":
+                    print(f"warning: serial run {e.label} ended {manifest['status']}")
+            rows[point] = ("serial run x8", 1, time.perf_counter() - t0[0], sum(each) / len(each), cores_busy(t0))
+            stages[point] = stage_means(work / "serial" / "runs")
+        else:
+            import ray
 
-    for n in [int(x) for x in args.workers.split(",")]:
-        out = work / f"ray{n}" / "runs"
-        t0 = time.perf_counter()
-        matrix.run_matrix(f, artifacts=out, workers=n)
-        wall = time.perf_counter() - t0
-        ray.shutdown()
-        rows.append((f"matrix, Ray {n} workers", n, wall, serial / wall, serial / wall / min(n, cores)))
-    print(f"\n8-run matrix (tiny YOLOv8n at {conftest.IMGSZ} px, CPU target), {cores} cores, {os.uname().nodename}\n")
-    print("| mode | workers | wall s | speedup | efficiency |\n|---|---|---|---|---|")
-    for name, n, wall, sp, eff in rows:
-        print(f"| {name} | {n} | {wall:.1f} | {sp:.2f}x | {eff:.2f} |")
+            n = int(point)
+            _, result = matrix.run_matrix(f, artifacts=work / f"ray{n}" / "runs", workers=n)
+            wall, load = time.perf_counter() - t0[0], cores_busy(t0)
+            ray.shutdown()
+            bad = [r["label"] for r in result["runs"] if r.get("status") != "passed"]
+            if bad:
+                print(f"warning: Ray {n} workers: {', '.join(bad)} did not pass")
+            run_s = sum(r.get("seconds") or 0 for r in result["runs"]) / len(result["runs"])
+            rows[point] = (f"matrix, Ray {n} workers", n, wall, run_s, load)
+            stages[point] = stage_means(work / f"ray{n}" / "runs")
+        _report(rows, cores)
+        names = list(next(iter(stages.values())))
+        print("\nmean wall s of each stage of a run (what grows under contention)\n\n| point | " + " | ".join(names) +
+              " |\n|---|" + "---|" * len(names))
+        for key, means in stages.items():
+            print(f"| {key} | " + " | ".join(f"{means.get(s, float('nan')):.1f}" for s in names) + " |", flush=True)
+
+
+def stage_means(root: Path) -> dict[str, float]:
+    """Return {stage: mean wall seconds} over the run folders under root (from their manifests)."""
+    walls: dict[str, list[float]] = {}
+    for m in sorted(root.glob("*/manifest.json")):
+        for stage, info in json.loads(m.read_text()).get("stages", {}).items():
+            walls.setdefault(stage, []).append(float(info.get("wall_seconds") or 0))
+    return {s: sum(v) / len(v) for s, v in walls.items()}
+
+
+def _report(rows: dict, cores: int) -> None:
+    """Print the matrix table so far (speedups against the serial point, once it has run)."""
+    import conftest
+
+    serial = rows["serial"][2] if "serial" in rows else float("nan")
+    print(f"\n8-run matrix (tiny YOLOv8n at {conftest.IMGSZ} px, CPU target), {cores} cores, {os.uname().nodename}; "
+          "run s: mean wall of one run inside the point; cores busy: machine CPU time / wall\n")
+    print("| mode | workers | wall s | speedup | efficiency | run s | cores busy |\n|---|---|---|---|---|---|---|")
+    for key in sorted(rows, key=lambda k: -1 if k == "serial" else int(k)):
+        name, n, wall, run_s, load = rows[key]
+        sp = serial / wall
+        print(f"| {name} | {n} | {wall:.1f} | {sp:.2f}x | {sp / min(n, cores):.2f} | {run_s:.1f} | {load:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Stage keys and the stage cache: one notion of "what a stage's outputs depend on", shared by the cache,
 `resume` and the manifest.
 
-A stage key is the sha256 of: the stage name, its typed parameters, the sha256 of every input file or folder
-it reads (its path parameters), the output hashes of the earlier stages of the workflow, the tool versions,
-the device, the preprocessing version and the package's own code. Equal keys mean equal work, so a stage
-whose key is in the cache links (copies) the earlier outputs instead of running its notebook.
+A stage key is the sha256 of: the stage name, its typed parameters (less those that only say how it runs), the
+sha256 of every input file or folder it reads (its path parameters), the output hashes of the earlier stages of
+the workflow, the tool versions, the device, the preprocessing version and the package's own code. Equal keys
+mean equal work, so a stage whose key is in the cache links (copies) the earlier outputs instead of running its
+notebook.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from . import resources, runs
 log = logging.getLogger(__name__)
 KEY_VERSION = 1
 PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache", "keep_float")
+# Parameters that change how a stage runs, never what it writes: left out of its key, so a warm re-run that only
+# changes them is a cache hit (the study on Ray gives the serial study's scales and scores: tests/cluster).
+RUN_ONLY_PARAMS = ("study_workers",)
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,7 +77,7 @@ def _folder_digest(folder: Path) -> str:
 
 def stage_key(stage: str, params: dict[str, Any], upstream: dict[str, dict]) -> tuple[str, dict]:
     """Return (key, what went into it) for a stage with these typed parameters after these earlier stages' outputs."""
-    params = runs.to_jsonable(params)
+    params = {k: v for k, v in runs.to_jsonable(params).items() if k not in RUN_ONLY_PARAMS}
     inputs = {k: input_digest(k, str(v)) for k, v in sorted(params.items()) if k in PATH_PARAMS and v}
     parts = {"version": KEY_VERSION, "stage": stage, "params": params, "inputs": inputs,
              "upstream": {s: {f: o["sha256"] for f, o in sorted(outs.items())} for s, outs in upstream.items()},

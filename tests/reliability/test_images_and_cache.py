@@ -80,6 +80,14 @@ def test_stage_key_changes_with_inputs_params_and_upstream(image_sets, tmp_path)
     assert k1 == stagecache.stage_key("calibrate", {"calib_images": 8, "calib_dir": str(image_sets["calib"])}, {})[0]
 
 
+def test_how_the_study_runs_is_not_part_of_the_compare_key(image_sets):
+    base = {"eval_dir": str(image_sets["eval"]), "study": "full", "search_steps": 3}
+    serial, parts = stagecache.stage_key("compare", {**base, "study_workers": 1}, {})
+    assert stagecache.stage_key("compare", {**base, "study_workers": 4}, {})[0] == serial
+    assert "study_workers" not in parts["params"]
+    assert stagecache.stage_key("compare", {**base, "search_steps": 2, "study_workers": 1}, {})[0] != serial
+
+
 def test_stage_cache_round_trip_and_damaged_entry(tmp_path):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     runs.write_result(run_a, "export", {"status": "passed"})
