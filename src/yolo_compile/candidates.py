@@ -77,7 +77,7 @@ class Search:
         others; a candidate that builds the same file as an earlier one is not scored again and costs no budget.
         Returns the new rows; `self.search_summary` says what the search did.
         """
-        from .recipe_search import Recipe, best_first, monotone_violations, rows
+        from .recipe_search import Recipe, best_first, report
         from .recipe_space import Space
 
         t0 = time.perf_counter()
@@ -92,8 +92,9 @@ class Search:
             name = f"search-{len(new) + 1:02d}.onnx"
             space.build(recipe, self.work / name)
             sha = runs.sha256(self.work / name)
-            if sha in by_sha:
+            if sha in by_sha:  # the same file as an earlier candidate: its score, no budget spent
                 (self.work / name).unlink()
+                by_recipe[recipe] = by_sha[sha]
                 return by_sha[sha]["drop_points"], by_sha[sha]["calibration"]
             row = {"quantizer": "modelopt", "calibration": recipe.label(), "file": name, "build_s": 0.0,
                    "float_groups": sorted(recipe.floats), "keep_float": space.patterns(recipe)}
@@ -106,30 +107,16 @@ class Search:
         out = best_first([(Recipe.of(r["calibration"]), r["drop_points"]) for r in roots],
                          lambda r: space.children(r, self.cfg.search_floats), score, self.cfg.search_budget,
                          accept=accept, max_floats=self.cfg.search_floats)
-        noise = lambda a, b: self.scorer.noise(by_recipe[a]["file"], by_recipe[b]["file"])  # noqa: E731
-        violations = monotone_violations(out, noise)
-        for t in out.tried:
-            if t["parent"] and not t["duplicate_of"] and "noise_vs_parent" not in t:
-                parent = next(p["recipe"] for p in out.tried if p["label"] == t["parent"])
-                t["noise_vs_parent"] = noise(t["recipe"], parent)
-        steps = rows(out)
-        step_noise = [s["noise_vs_parent"] for s in steps if "noise_vs_parent" in s]
+        steps, summary = report(out, lambda a, b: self.scorer.noise(by_recipe[a]["file"], by_recipe[b]["file"]))
         for s in steps:  # the search's view of each candidate goes onto its row
-            row = next((r for r in new if r["calibration"] == s["label"]), None)
+            row = next((r for r in new if r["calibration"] == s["label"] and not s["duplicate_of"]), None)
             if row is not None:
                 row["search"] = {k: s[k] for k in ("parent", "depth", "overrides", "noise_vs_parent") if k in s}
-        self.search_summary = {
-            "budget": self.cfg.search_budget, "scored": out.scored, "stopped": out.stopped,
-            "duplicates": [{"candidate": s["label"], "same_file_as": s["duplicate_of"]} for s in steps if s["duplicate_of"]],
-            "groups": len(space.groups), "max_float_groups": self.cfg.search_floats,
-            "step_noise_points": {"median": round(float(np.median(step_noise)), 3), "max": round(max(step_noise), 3)}
-            if step_noise else {},
-            "steps_beyond_twice_noise": sum(1 for s in steps if "noise_vs_parent" in s and s["parent"] and abs(
-                s["drop_points"] - next(p["drop_points"] for p in steps if p["label"] == s["parent"])) > 2 * s["noise_vs_parent"]),
-            "non_monotone": violations, "placement_s": round(space.placement_s, 1),
-            "seconds": round(time.perf_counter() - t0, 1)}
+        self.search_summary = {"budget": self.cfg.search_budget, **summary, "groups": len(space.groups),
+                               "max_float_groups": self.cfg.search_floats, "placement_s": round(space.placement_s, 1),
+                               "seconds": round(time.perf_counter() - t0, 1)}
         log.info("recipe search: %d candidates scored (%s), best %s at %.3f points", out.scored, out.stopped,
-                 out.best.label() if out.best else "-", out.best_drop)
+                 summary["best"], out.best_drop)
         return new
 
     # -- scoring ---------------------------------------------------------------------------------------

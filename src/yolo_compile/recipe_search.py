@@ -20,6 +20,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -74,9 +76,6 @@ class Outcome:
     best_drop: float = float("inf")
     stopped: str = ""
     scored: int = 0  # candidates that cost budget (duplicates by content do not)
-
-    def drop_of(self, recipe: Recipe) -> float | None:
-        return next((t["drop_points"] for t in self.tried if t["recipe"] == recipe), None)
 
 
 def best_first(roots: list[tuple[Recipe, float]], children: Callable[[Recipe], list[Recipe]],
@@ -169,8 +168,25 @@ def monotone_violations(outcome: Outcome, noise_of: Callable[[Recipe, Recipe], f
     return bad
 
 
-def rows(outcome: Outcome) -> list[dict]:
-    """Return the tried candidates as plain JSON rows (the recipe object spelled out)."""
-    return [{**{k: v for k, v in t.items() if k != "recipe"}, "base": t["recipe"].base,
+def report(outcome: Outcome, noise_of: Callable[[Recipe, Recipe], float]) -> tuple[list[dict], dict]:
+    """Return (one JSON row per candidate tried, a summary): each step's paired noise against its parent, how
+    many steps moved by more than twice it, the non-monotone steps, and why the search stopped."""
+    violations = monotone_violations(outcome, noise_of)
+    by_label = {t["label"]: t for t in outcome.tried}
+    for t in outcome.tried:
+        if t["parent"] and not t["duplicate_of"] and "noise_vs_parent" not in t:
+            t["noise_vs_parent"] = noise_of(t["recipe"], by_label[t["parent"]]["recipe"])
+    steps = [t for t in outcome.tried if "noise_vs_parent" in t]
+    noise = [t["noise_vs_parent"] for t in steps]
+    moved = [t for t in steps if abs(t["drop_points"] - by_label[t["parent"]]["drop_points"]) > 2 * t["noise_vs_parent"]]
+    rows = [{**{k: v for k, v in t.items() if k != "recipe"}, "base": t["recipe"].base,
              "float_groups": sorted(t["recipe"].floats, key=_group_order),
              "overrides": dict(t["recipe"].overrides)} for t in outcome.tried]
+    summary = {"scored": outcome.scored, "stopped": outcome.stopped,
+               "best": outcome.best.label() if outcome.best else None, "best_drop_points": round(outcome.best_drop, 3),
+               "step_noise_points": {"median": round(float(np.median(noise)), 3), "max": round(max(noise), 3)} if noise else {},
+               "steps_beyond_twice_noise": f"{len(moved)} of {len(steps)}",
+               "duplicates": [{"candidate": t["label"], "same_file_as": t["duplicate_of"]} for t in outcome.tried
+                              if t["duplicate_of"]],
+               "non_monotone": violations}
+    return rows, summary
