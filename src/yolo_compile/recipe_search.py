@@ -5,7 +5,8 @@ returns. Measured on real inspection images, steps interact (keeping one group f
 second one joins it), so greedy ends at dead ends. Here every scored candidate stays on the frontier, and the
 search always extends the best candidate it has scored that still has untried children, its children taken in
 the order of a cheap prior: when a step makes things worse, the next step is tried from the best candidate so
-far (its parent, or anything scored earlier), never from the worse one.
+far (its parent, or anything scored earlier), never from the worse one. A step that left the score exactly
+unchanged (the labeled split saw no difference) is not tried again from other candidates.
 
 A candidate is a `Recipe`: a base calibration method, the groups kept float, and per-group overrides of the
 method. Recipes are deduplicated by their canonical form (an override on a float group, or equal to the base,
@@ -92,6 +93,7 @@ def best_first(roots: list[tuple[Recipe, float]], children: Callable[[Recipe], l
     seen: dict[Recipe, float] = {}
     heap: list[tuple] = []
     pending: dict[Recipe, list[Recipe]] = {}
+    inert: set[tuple] = set()
     seq = 0
 
     def push(recipe: Recipe, drop: float) -> None:
@@ -124,7 +126,7 @@ def best_first(roots: list[tuple[Recipe, float]], children: Callable[[Recipe], l
             pending[parent] = [c for c in children(parent)
                                if max_floats is None or len(c.floats) <= max_floats]
         queue = pending[parent]
-        while queue and queue[0] in seen:
+        while queue and (queue[0] in seen or move(parent, queue[0]) in inert):
             queue.pop(0)
         if not queue:
             heapq.heappop(heap)
@@ -138,10 +140,17 @@ def best_first(roots: list[tuple[Recipe, float]], children: Callable[[Recipe], l
         log.info("recipe search %d/%d: %s -> drop %.3f points (parent %.3f)%s", out.scored, budget, child.label(),
                  drop, seen[parent], f", same file as {dup}" if dup else "")
         push(child, drop)
+        if drop == seen[parent]:  # the split saw no change: the same move elsewhere is not worth a candidate
+            inert.add(move(parent, child))
         if accept is not None and drop <= accept:
             out.stopped = f"{child.label()} is within {accept:g} points"
             break
     return out
+
+
+def move(parent: Recipe, child: Recipe) -> tuple:
+    """Return the step from parent to child: (groups made float, (group, method) overrides added)."""
+    return (child.floats - parent.floats, frozenset(set(child.overrides) - set(parent.overrides)))
 
 
 def monotone_violations(outcome: Outcome, noise_of: Callable[[Recipe, Recipe], float], k: float = 2.0) -> list[dict]:

@@ -125,3 +125,18 @@ def test_quantize_stage_search_reports_every_candidate_budget_and_noise(confiden
     assert {"median", "max"} <= set(search["step_noise_points"]) and "non_monotone" in search
     assert res.chosen["drop_points"] == min(r["drop_points"] for r in res.candidates)
     assert "recipe search scored" in res.chosen["why"]
+
+
+def test_a_step_that_changed_nothing_is_not_repeated_from_other_candidates():
+    base = Recipe.of("max")
+    inert, helps = base.with_method("model.2", "entropy"), base.plus_float("model.1")
+    scores = {base: 1.0, inert: 1.0, helps: 0.8}
+
+    def children(r):  # the same three steps from every candidate
+        return [r.with_method("model.2", "entropy"), r.plus_float("model.1"), r.plus_float("model.3")]
+
+    out = best_first([(base, 1.0)], children, lambda r: (scores.get(r, 0.9), None), budget=3, max_floats=2)
+    # the override left the score unchanged from max: from "float model.1" it is skipped, model.3 comes next
+    assert [t["label"] for t in out.tried] == ["max", "max; entropy on model.2", "max; float model.1",
+                                               "max; float model.1, model.3"]
+    assert out.best == helps and out.scored == 3
