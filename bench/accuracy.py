@@ -135,7 +135,7 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
             m = accuracy.evaluate(accuracy.predict(model, arr, desc=f"{row['recipe']} {backend}", backend=backend),
                                   split, size, names)["map50_95"]
             row[f"ours_{backend}"] = round(100 * m, 2)
-            base.setdefault(backend, row[f"ours_{backend}"])
+            base.setdefault(f"ours_{backend}", row[f"ours_{backend}"])
         row["ultralytics_val"] = (round(100 * v, 2) if (v := ultralytics_map(path, copy_yaml, size, work)) is not None
                                   else None)
         base.setdefault("ultralytics_val", row["ultralytics_val"])
@@ -154,7 +154,7 @@ def main() -> int:
     ap.add_argument("--skip-ultralytics", action="store_true")
     args = ap.parse_args()
     cols = ["recipe", "ours_onnxruntime", "drop_ours_onnxruntime", "ours_openvino", "drop_ours_openvino",
-            "ultralytics_val", "drop_ultralytics_val", "MB", "seconds"]
+            "ultralytics_val", "drop_ultralytics_val", "MB", "seconds", "error"]
     for name, ckpt, calib, data_yaml in REFERENCES:
         paths = [REPO / ckpt, REPO / calib, REPO / data_yaml]
         missing = [str(p.relative_to(REPO)) for p in paths if not p.exists()]

@@ -242,7 +242,10 @@ class Search:
             rows += self.recipe_search(mo)
         rows.sort(key=lambda r: r["drop_points"])
         best = accepted or rows[0]
-        second = next((r for r in rows if r is not best), None)
+        # the runner-up whose score differs: a candidate with identical detections (a step the split cannot see) has
+        # no difference to measure the noise of
+        second = next((r for r in rows if r is not best and r["drop_points"] != best["drop_points"]),
+                      next((r for r in rows if r is not best), None))
         noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise(best["file"], "fp32")
         self.rows = [_public(r) for r in rows] + [{"quantizer": lbl.split()[0], "calibration": lbl.split(" ", 1)[1],
                                                    "not_tried": f"{accepted['quantizer']} {accepted['calibration']} was "
