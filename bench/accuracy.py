@@ -59,10 +59,25 @@ def ultralytics_map(model: Path, data_yaml: Path, imgsz: int, work: Path) -> flo
         return None
 
 
-def ort_quantize_static(fp32: Path, dst: Path, data: np.ndarray, input_name: str) -> None:
+def ort_quantize_static(fp32: Path, dst: Path, array: Path, input_name: str) -> None:
+    """ONNX Runtime's quantize_static (QDQ, per-channel, MinMax) on the calibration array, in a fresh interpreter.
+
+    ModelOpt patches onnxruntime.quantization inside the process that ran it: measured here, quantize_static after
+    a ModelOpt quantize fails with "Quantization parameters are not specified for param images", and alone it works.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        pool.submit(_ort_quantize_static, str(fp32), str(dst), str(array), input_name).result()
+
+
+def _ort_quantize_static(fp32: str, dst: str, array: str, input_name: str) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     from yolo_compile import images
+
+    data = np.load(array, mmap_mode="r")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -74,7 +89,7 @@ def ort_quantize_static(fp32: Path, dst: Path, data: np.ndarray, input_name: str
             self.i += 1
             return {input_name: images.to_float(data[self.i - 1:self.i])}
 
-    quantize_static(str(fp32), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    quantize_static(fp32, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
 
 
 def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, work: Path) -> list[dict]:
@@ -91,14 +106,18 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
     arr = images.preprocessed(split.images, size, runs.cache_root(run_dir), desc="labeled images").array
     copy_yaml = split_copy(data_yaml, work / "split")
     rows: list[dict] = [{"recipe": "fp32", "file": fp32, "seconds": 0.0}]
+    only = [w for w in args.only.split(",") if w]
 
     def timed(label, fn, path):
+        if only and not any(w in label for w in only):
+            return
         t = time.perf_counter()
         try:
             fn()
         except Exception as e:  # noqa: BLE001  a tool that cannot quantize this model is a row with its reason
             rows.append({"recipe": label, "file": path, "seconds": round(time.perf_counter() - t, 1),
-                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+                         "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"})
+            print(f"  {label} failed: {rows[-1]['error']}", file=sys.stderr)
             return
         rows.append({"recipe": label, "file": path, "seconds": round(time.perf_counter() - t, 1)})
 
@@ -113,7 +132,7 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
     timed("modelopt defaults (entropy, all INT8)",
           lambda: quantize.modelopt_quantize(fp32, work / "modelopt.onnx", data, exp, "entropy", "fp32"), work / "modelopt.onnx")
     timed("onnxruntime quantize_static (QDQ, per-channel, MinMax)",
-          lambda: ort_quantize_static(fp32, work / "ort.onnx", data, exp["input_name"]), work / "ort.onnx")
+          lambda: ort_quantize_static(fp32, work / "ort.onnx", run_dir / cal.array, exp["input_name"]), work / "ort.onnx")
     if not args.skip_ultralytics:
         def peer():
             from ultralytics import YOLO
@@ -135,7 +154,7 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
             m = accuracy.evaluate(accuracy.predict(model, arr, desc=f"{row['recipe']} {backend}", backend=backend),
                                   split, size, names)["map50_95"]
             row[f"ours_{backend}"] = round(100 * m, 2)
-            base.setdefault(backend, row[f"ours_{backend}"])
+            base.setdefault(f"ours_{backend}", row[f"ours_{backend}"])
         row["ultralytics_val"] = (round(100 * v, 2) if (v := ultralytics_map(path, copy_yaml, size, work)) is not None
                                   else None)
         base.setdefault("ultralytics_val", row["ultralytics_val"])
@@ -152,9 +171,10 @@ def main() -> int:
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--score-images", type=int, default=0, help="labeled images scoring our candidates (0: all)")
     ap.add_argument("--skip-ultralytics", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated words: only the rows whose recipe names one (fp32 always)")
     args = ap.parse_args()
     cols = ["recipe", "ours_onnxruntime", "drop_ours_onnxruntime", "ours_openvino", "drop_ours_openvino",
-            "ultralytics_val", "drop_ultralytics_val", "MB", "seconds"]
+            "ultralytics_val", "drop_ultralytics_val", "MB", "seconds", "error"]
     for name, ckpt, calib, data_yaml in REFERENCES:
         paths = [REPO / ckpt, REPO / calib, REPO / data_yaml]
         missing = [str(p.relative_to(REPO)) for p in paths if not p.exists()]

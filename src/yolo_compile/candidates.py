@@ -54,6 +54,7 @@ class Search:
         t1 = time.perf_counter()
         stats = scales.collect(self.src, list(scales.activation_qdq(template)), self.data)
         stats.save(runs.stage_dir(self.run_dir, "quantize") / "activations.npz")  # per tensor: the study merges its own groups
+        self.raw_stats = stats  # per tensor: the recipe search merges each float set's own shared groups
         stats = scales.merged(stats, scales.shared_groups(self.src, template))
         t2 = time.perf_counter()
         log.info("ModelOpt placement %.1f s, activation statistics on %d images %.1f s", t1 - t0, len(self.data), t2 - t1)
@@ -69,28 +70,54 @@ class Search:
         return {"quantizer": "nncf", "calibration": "nncf mixed preset, fast bias correction", "file": name,
                 "build_s": round(time.perf_counter() - t, 1)}
 
-    def mixes(self, a: dict, b: dict) -> list[dict]:
-        """Two per-group mixes of ModelOpt methods a and b: one's scales for the backbone, the other's for the rest."""
-        import onnx
+    def recipe_search(self, roots: list[dict]) -> list[dict]:
+        """Best-first search over extra float groups x per-group calibration from the scored uniform methods.
 
-        end = backbone_end(onnx.load(str(self.src), load_external_data=False).graph)
-        if end is None:
-            return []
-        tensors = list(scales.activation_qdq(self.template))
-        backbone = {scales.source_name(t) for t in tensors if (module_of(t) is not None and module_of(t) <= end)
-                    or module_of(t) is None}
-        rest = {scales.source_name(t) for t in tensors} - backbone
-        rows = []
-        for first, second in ((a, b), (b, a)):
-            name = f"modelopt-mix-{first['calibration']}-{second['calibration']}.onnx"
-            mid = self.work / f"tmp-{name}"
-            scales.apply(self.template, scales.thresholds(self.stats, first["calibration"]), mid)
-            scales.apply(mid, scales.thresholds(self.stats, second["calibration"]), self.work / name, only=rest)
-            mid.unlink()
-            rows.append({"quantizer": "modelopt",
-                         "calibration": f"{first['calibration']} backbone (model.0-{end}) + {second['calibration']} neck/head",
-                         "file": name, "build_s": 0.0})
-        return rows
+        Each candidate is built from the cached template and statistics (no recalibration) and scored like the
+        others; a candidate that builds the same file as an earlier one is not scored again and costs no budget.
+        Returns the new rows; `self.search_summary` says what the search did.
+        """
+        from .recipe_search import Recipe, best_first, report
+        from .recipe_space import Space
+
+        t0 = time.perf_counter()
+        methods = tuple(dict.fromkeys(r["calibration"] for r in roots))
+        space = Space(self.src, self.template, self.raw_stats, self.exclude, self.exp, self.hp_dtype, self.data,
+                      self.work, methods)
+        by_recipe = {Recipe.of(r["calibration"]): r for r in roots}
+        by_sha = {runs.sha256(self.work / r["file"]): r for r in roots}
+        new: list[dict] = []
+
+        def score(recipe: Recipe) -> tuple[float, str | None]:
+            name = f"search-{len(new) + 1:02d}.onnx"
+            space.build(recipe, self.work / name)
+            sha = runs.sha256(self.work / name)
+            if sha in by_sha:  # the same file as an earlier candidate: its score, no budget spent
+                (self.work / name).unlink()
+                by_recipe[recipe] = by_sha[sha]
+                return by_sha[sha]["drop_points"], by_sha[sha]["calibration"]
+            row = {"quantizer": "modelopt", "calibration": recipe.label(), "file": name, "build_s": 0.0,
+                   "float_groups": sorted(recipe.floats), "keep_float": space.patterns(recipe)}
+            self.score(row)
+            by_sha[sha] = by_recipe[recipe] = row
+            new.append(row)
+            return row["drop_points"], None
+
+        accept = self.cfg.accept_drop if self.cfg.accept_drop > 0 else None
+        out = best_first([(Recipe.of(r["calibration"]), r["drop_points"]) for r in roots],
+                         lambda r: space.children(r, self.cfg.search_floats), score, self.cfg.search_budget,
+                         accept=accept, max_floats=self.cfg.search_floats)
+        steps, summary = report(out, lambda a, b: self.scorer.noise(by_recipe[a]["file"], by_recipe[b]["file"]))
+        for s in steps:  # the search's view of each candidate goes onto its row
+            row = next((r for r in new if r["calibration"] == s["label"] and not s["duplicate_of"]), None)
+            if row is not None:
+                row["search"] = {k: s[k] for k in ("parent", "depth", "overrides", "noise_vs_parent") if k in s}
+        self.search_summary = {"budget": self.cfg.search_budget, **summary, "groups": len(space.groups),
+                               "max_float_groups": self.cfg.search_floats, "placement_s": round(space.placement_s, 1),
+                               "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("recipe search: %d candidates scored (%s), best %s at %.3f points", out.scored, out.stopped,
+                 summary["best"], out.best_drop)
+        return new
 
     # -- scoring ---------------------------------------------------------------------------------------
     def make_scorer(self):
@@ -185,7 +212,8 @@ class Search:
 
         With accept_drop > 0 the search stops at the first candidate whose measured drop is within it: the
         rest are listed as not tried, with the reason. Otherwise (or when none is within it) every candidate
-        is scored, then two per-group mixes of the two best ModelOpt methods.
+        is scored, then a best-first recipe search (`recipe_search`) over extra float groups and per-group
+        calibration from the scored ModelOpt methods, within search_budget candidates.
         """
         steps = self.plan()
         if not steps:
@@ -209,12 +237,15 @@ class Search:
                 if 0 < self.cfg.accept_drop and row["drop_points"] <= self.cfg.accept_drop and accepted is None:
                     accepted = row
         mo = sorted((r for r in rows if r["quantizer"] == "modelopt"), key=lambda r: r["drop_points"])
-        if accepted is None and len(mo) >= 2 and mo[0]["drop_points"] > 0:
-            for row in self.mixes(mo[0], mo[1]):
-                rows.append(self.score(row))
+        self.search_summary = {}
+        if accepted is None and mo and mo[0]["drop_points"] > 0 and self.cfg.search_budget > 0:
+            rows += self.recipe_search(mo)
         rows.sort(key=lambda r: r["drop_points"])
         best = accepted or rows[0]
-        second = next((r for r in rows if r is not best), None)
+        # the runner-up whose score differs: a candidate with identical detections (a step the split cannot see) has
+        # no difference to measure the noise of
+        second = next((r for r in rows if r is not best and r["drop_points"] != best["drop_points"]),
+                      next((r for r in rows if r is not best), None))
         noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise(best["file"], "fp32")
         self.rows = [_public(r) for r in rows] + [{"quantizer": lbl.split()[0], "calibration": lbl.split(" ", 1)[1],
                                                    "not_tried": f"{accepted['quantizer']} {accepted['calibration']} was "
@@ -225,7 +256,9 @@ class Search:
                    f"(paired-bootstrap noise {noise:.3f}); {len(untried)} more not tried "
                    "(accept_drop=0 measures every candidate)")
         else:
-            why = (f"smallest drop of {len(rows)} candidates: {best['drop_points']:.3f} points"
+            why = (f"smallest drop of {len(rows)} candidates"
+                   + (f" (a recipe search scored {self.search_summary['scored']}: {self.search_summary['stopped']})"
+                      if self.search_summary else "") + f": {best['drop_points']:.3f} points"
                    + (f" vs {second['drop_points']:.3f} for the runner-up; the difference "
                       f"{'exceeds' if second['drop_points'] - best['drop_points'] > 2 * noise else 'is within'}"
                       f" twice its paired-bootstrap noise ({noise:.3f})" if second else ""))
@@ -234,6 +267,8 @@ class Search:
                        "runner_up": (f"{second['quantizer']} {second['calibration']} ({second['drop_points']:+.3f})"
                                      if second else ""),
                        "noise_points": noise, "accept_drop": self.cfg.accept_drop, "why": why}
+        if self.search_summary:
+            self.chosen["search"] = self.search_summary
         return best
 
 

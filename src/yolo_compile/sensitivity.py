@@ -118,33 +118,37 @@ def rows(groups: list[Group], verdicts: dict[str, tuple[dict, dict]], baseline_l
 
 
 def search(ranked: list[dict], groups: list[Group], drop_of: Callable[[list[str]], float], max_drop: float,
-           max_steps: int, noise: float = 0.0) -> dict:
-    """Recipe search that backtracks: try the ranked groups in order, keep a group float only if it helps.
+           max_steps: int, noise: float = 0.0, budget: int | None = None) -> dict:
+    """Best-first recipe search over float groups: the fewest-step set found that passes the gate, or None.
 
-    A step is kept when it lowers the drop by more than `noise` (the paired-bootstrap sd of a step's score);
-    otherwise it is undone and the next group is tried from the last kept set, so one bad step cannot lead
-    the search into a dead end (measured: keeping more groups float can score worse, by more than the noise).
-    Returns every step tried (with whether it was kept), the passing set (or None) and its regexes.
+    From all-INT8 (the root), each candidate adds one ranked group float to the best candidate scored so far
+    that still has untried groups (`recipe_search.best_first`): a step that makes things worse is never built
+    upon unless nothing better is left, and the next step goes from the best set found, not from the worse one.
+    At most `max_steps` groups float, `budget` candidates scored (default max_steps, the greedy search's cost).
+    `noise` (the paired-bootstrap sd of a step's score) flags a step that kept more float yet scored worse
+    beyond twice the noise. Returns every candidate tried, the passing set (or None) and its regexes.
     """
+    from .recipe_search import Recipe, best_first, monotone_violations
+
     by_name = {g.name: g for g in groups}
-    kept: list[str] = []
-    patterns = lambda names: [p for name in names for p in by_name[name].patterns]  # noqa: E731
-    best = drop_of([])
-    steps = [{"float_groups": [], "map50_95_drop_points": round(best, 3), "passes": best <= max_drop, "kept": True}]
-    for row in ranked[:max_steps]:
-        if best <= max_drop:
-            break
-        trial = kept + [row["group"]]
-        drop = drop_of(patterns(trial))
-        keep = drop < best - noise
-        steps.append({"float_groups": trial, "map50_95_drop_points": round(drop, 3), "passes": drop <= max_drop,
-                      "kept": keep})
-        log.info("recipe search: %s float -> drop %.2f points (%s)", row["group"], drop, "kept" if keep else "undone")
-        if keep or drop <= max_drop:
-            kept, best = trial, drop
-    if best <= max_drop:
-        return {"steps": steps, "passed": True, "float_groups": list(kept), "nodes_to_exclude": patterns(kept)}
-    return {"steps": steps, "passed": False, "float_groups": None, "nodes_to_exclude": None}
+    order = [r["group"] for r in ranked]
+    rank = {name: i for i, name in enumerate(order)}
+    names = lambda r: sorted(r.floats, key=rank.__getitem__)  # noqa: E731
+    patterns = lambda ns: [p for name in ns for p in by_name[name].patterns]  # noqa: E731
+    root = Recipe.of("")
+    children = lambda r: [r.plus_float(g) for g in order if g not in r.floats]  # noqa: E731
+    out = best_first([(root, drop_of([]))], children, lambda r: (drop_of(patterns(names(r))), None),
+                     max_steps if budget is None else budget, accept=max_drop, max_floats=max_steps)
+    labels = {t["label"]: names(t["recipe"]) for t in out.tried}
+    steps = [{"float_groups": names(t["recipe"]), "map50_95_drop_points": t["drop_points"],
+              "passes": t["drop_points"] <= max_drop, "parent": labels.get(t["parent"])} for t in out.tried]
+    bad = monotone_violations(out, lambda a, b: noise)
+    passing = [t for t in out.tried if t["drop_points"] <= max_drop]
+    res = {"steps": steps, "stopped": out.stopped, "non_monotone": bad}
+    if passing:
+        kept = names(min(passing, key=lambda t: (len(t["recipe"].floats), t["drop_points"]))["recipe"])
+        return {**res, "passed": True, "float_groups": kept, "nodes_to_exclude": patterns(kept)}
+    return {**res, "passed": False, "float_groups": None, "nodes_to_exclude": None}
 
 
 def plot(ranked: list[dict], path: Path, top: int = 15) -> Path:

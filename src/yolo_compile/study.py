@@ -166,10 +166,10 @@ class Study:
 
     def recipes(self, int8_all: Path | None) -> list[dict]:
         """mAP, agreement and size of FP32, FP16-only, the run's recipe and all-INT8, measured the same way."""
-        from .quantize import convert_float
+        from .quantize import convert_float, decode_nodes
 
         fp16 = self.dir / "model.fp16.onnx"
-        convert_float(self.fp32, fp16, "fp16")
+        convert_float(self.fp32, fp16, "fp16", decode_nodes(self.fp32, self.exp))
         models = [("fp32", self.fp32), ("fp16 only", fp16),
                   (f"{self.quant['recipe']} (run's model, head {self.quant['high_precision_dtype']})",
                    self.run_dir / self.quant["onnx"])]

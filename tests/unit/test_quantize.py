@@ -35,6 +35,15 @@ def test_tensorrt_target_keeps_the_head_in_fp16(run_copy):
     conv = next(n for n in model.graph.node if n.name == "/model.22/cv3.0/cv3.0.2/Conv")
     assert init[conv.input[1]] == onnx.TensorProto.FLOAT16
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays fp32
+    # the decode (box corners in pixels) computes in FP32: FP16's 0.25-0.5 px spacing at 320-640 px costs mAP50-95
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
+    head = quantize.find_head(model.graph, 22)
+    decode_out = [o for n in model.graph.node if n.name in head.decode and n.op_type in ("Sub", "Add", "Mul", "Div")
+                  for o in n.output]
+    assert decode_out and all(elem[o] == onnx.TensorProto.FLOAT for o in decode_out)
+    dfl = next(o for n in model.graph.node if n.name in head.dfl and n.op_type == "Conv" for o in n.output)
+    assert elem[dfl] == onnx.TensorProto.FLOAT16
 
 
 def test_float_recipe_has_no_qdq(run_copy):
