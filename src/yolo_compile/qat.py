@@ -46,6 +46,7 @@ class QatConfig:
     mosaic: float = 0.0  # Ultralytics mosaic probability (0: whole frames, as the line sees them)
     calibration: str = "run"  # run: the quantize stage's method | max | entropy | percentile-<p>
     calib_dir: str = ""  # where the run's calibration images are when its cached array is gone (checked by sha256)
+    train_fraction: float = 1.0  # share of the train split used (Ultralytics' fraction)
     seed: int = 0  # training seed
     recalibrate: bool = True  # reset the ranges from the calibration images before each epoch (the compile recalibrates)
     fused_kernels: bool = False  # ModelOpt's CUDA fake-quant kernels (JIT-built with nvcc, minutes) instead of torch ops
@@ -54,6 +55,8 @@ class QatConfig:
         check_positive("epochs", self.epochs)
         check_positive("lr", self.lr)
         check_positive("batch", self.batch)
+        if not 0 < self.train_fraction <= 1:
+            raise QatError(f"parameter 'train_fraction' = {self.train_fraction}: give a share in (0, 1]")
         if not (Path(self.run_dir) / runs.MANIFEST).is_file():
             raise QatError(f"{self.run_dir}: not a compile run folder (no {runs.MANIFEST}); pass artifacts/runs/<run>")
         if not Path(self.train_data).is_file():
@@ -126,8 +129,10 @@ def placement(onnx_nodes: dict[str, str], quantized: list[str], modules: list[st
 
 def torch_method(name: str) -> tuple[str, dict]:
     """Return (ModelOpt torch calibrator method, its kwargs) for a quantize-stage calibration name."""
-    if name in ("max", "entropy"):
+    if name == "max":
         return name, {}
+    if name == "entropy":  # every 16th bin from 128, as the compile's own entropy (scales.entropy_bin); 16x faster
+        return name, {"stride": 16, "start_bin": 128}
     m = re.fullmatch(r"percentile(?:-([0-9.]+))?", name)
     if m:
         return "percentile", {"percentile": float(m.group(1) or 99.99)}
@@ -154,9 +159,10 @@ def insert_fake_quant(net, plan: Placement, method: str, batches, device: str = 
     kind, _ = torch_method(method)
     cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
     if kind != "max":  # entropy and percentile read a histogram of each input (TensorRT's calibrators)
-        cfg["quant_cfg"] = [{**e, "cfg": {**e["cfg"], "calibrator": "histogram"}} if e.get("quantizer_name") == "*input_quantizer"
-                            else e for e in cfg["quant_cfg"]]
-    cfg["quant_cfg"] = cfg["quant_cfg"] + [{"quantizer_name": f"{m}.*", "enable": False} for m in plan.float + plan.unmatched]
+        cfg["quant_cfg"] = [{**e, "cfg": {**e["cfg"], "calibrator": "histogram"}}
+                            if e.get("quantizer_name") == "*input_quantizer" else e for e in cfg["quant_cfg"]]
+    off = [{"quantizer_name": f"{m}.*", "enable": False} for m in plan.float + plan.unmatched]
+    cfg["quant_cfg"] = cfg["quant_cfg"] + off
     cfg["algorithm"] = None  # calibrated below, by `calibrate`: ModelOpt's max algorithm cannot finish a histogram
     net = mtq.quantize(net, cfg)
     calibrate(net, batches, method, device)
@@ -197,7 +203,8 @@ def enabled_quantizers(net) -> list[str]:
     return sorted({n.rsplit(".", 1)[0] for n, m in net.named_modules() if isinstance(m, TensorQuantizer) and m.is_enabled})
 
 
-def finetune(net, train_data: str, cfg: QatConfig, imgsz: int, device: str = "cuda", recalibrate=None) -> tuple[list[float], int]:
+def finetune(net, train_data: str, cfg: QatConfig, imgsz: int, device: str = "cuda",
+             recalibrate=None) -> tuple[list[float], int]:
     """Train net (fake-quant in, BatchNorm statistics frozen) on the data.yaml's train split; return (losses, images).
 
     recalibrate (batches, method), when given, sets the ranges again from the calibration images before every
@@ -212,9 +219,12 @@ def finetune(net, train_data: str, cfg: QatConfig, imgsz: int, device: str = "cu
     args = get_cfg(overrides={"imgsz": imgsz, "batch": cfg.batch, "mosaic": cfg.mosaic, "workers": cfg.workers,
                               "seed": cfg.seed, "cache": False, "plots": False})
     data = check_det_dataset(train_data, autodownload=False)
-    dataset = build_yolo_dataset(args, data["train"], cfg.batch, data, mode="train", stride=int(net.stride.max()))
+    dataset = build_yolo_dataset(args, data["train"], cfg.batch, data, mode="train", stride=int(net.stride.max()),
+                                 fraction=cfg.train_fraction)
     loader = build_dataloader(dataset, cfg.batch, cfg.workers, shuffle=True, device=device)
     net.args = args  # the loss reads its box/cls/dfl gains from here
+    for name, p in net.named_parameters():  # a trained checkpoint comes frozen; the DFL's fixed conv stays so
+        p.requires_grad_(".dfl" not in name)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps = cfg.epochs * len(loader)
@@ -255,14 +265,12 @@ def compile_command(run_dir: str | Path, checkpoint: str | Path, calibration: st
 
     calibration: the method QAT trained under (default: the run's own).
     """
-    from .workflow import WORKFLOWS
-
     manifest = runs.read_manifest(Path(run_dir))
     p = manifest.get("parameters", {})
     quant = runs.read_result(Path(run_dir), "quantize")
-    wf = manifest.get("workflow", "default")
-    if not (WORKFLOWS / f"{wf}.yaml").is_file():
-        wf = manifest.get("workflow_path", wf)
+    wf, path = manifest.get("workflow", "default"), Path(manifest.get("workflow_path", ""))
+    if path.name and not (path.parent.name == "workflows" and path.stem == wf):  # not a built-in: name its file
+        wf = str(path)
     parts = ["yolo-compile", "run", wf, "--model", str(checkpoint)]
     for flag, key in (("--calib", "calib_dir"), ("--eval", "eval_dir")):
         if p.get(key):
@@ -293,11 +301,14 @@ def qat_command(run_dir: str | Path, data: str = "") -> str:
     return f"yolo-compile qat {shlex.quote(str(run_dir))} --data {shlex.quote(train) if train else 'TRAIN_DATA.yaml'}"
 
 
-def run(cfg: QatConfig) -> QatResult:
-    """Fine-tune the run's model with fake-quant at the recipe's places; write <out>/<model>-qat.pt and qat.json."""
+def run(cfg: QatConfig, device: str = "cuda") -> QatResult:
+    """Fine-tune the run's model with fake-quant at the recipe's places; write <out>/<model>-qat.pt and qat.json.
+
+    QAT is GPU work (the CLI offers no other device); device="cpu" exists for small checks on a CPU machine.
+    """
     import torch
 
-    if not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise QatError("qat needs a CUDA GPU (torch.cuda.is_available() is False): run it on an NVIDIA host")
     run_dir = Path(cfg.run_dir).resolve()
     manifest = runs.read_manifest(run_dir)
@@ -321,13 +332,13 @@ def run(cfg: QatConfig) -> QatResult:
     t = {}
     with runs.Timer() as tq:
         model = YOLO(str(source))
-        net = model.model.to("cuda").float()
+        net = model.model.to(device).float()
         plan = placement(_onnx_nodes(run_dir / exp["onnx"]), quant["quantized_nodes"], quantizable(net))
         batches = [calib[i:i + 8] for i in range(0, len(calib), 8)]
-        qnet = insert_fake_quant(copy.deepcopy(net), plan, method, batches)
+        qnet = insert_fake_quant(copy.deepcopy(net), plan, method, batches, device)
     t["calibrate_s"] = round(tq.seconds, 1)
     with runs.Timer() as tt:
-        losses, n_train = finetune(qnet, cfg.train_data, cfg, int(exp["imgsz"]),
+        losses, n_train = finetune(qnet, cfg.train_data, cfg, int(exp["imgsz"]), device,
                                    recalibrate=(batches, method) if cfg.recalibrate else None)
     t["train_s"] = round(tt.seconds, 1)
     net.load_state_dict(plain_state(qnet))  # strict: every weight of the plain model, no quantizer left
@@ -340,7 +351,8 @@ def run(cfg: QatConfig) -> QatResult:
         calibration=method, epochs=cfg.epochs, lr=cfg.lr, batch=cfg.batch, train_images=n_train,
         calibration_images=int(len(calib)), losses=losses,
         placement={"int8": len(plan.int8), "float": plan.float, "onnx_only": plan.onnx_only, "unmatched": plan.unmatched},
-        device=torch.cuda.get_device_name(0), seconds=t, compile_command=compile_command(run_dir, ckpt, method),
+        device=torch.cuda.get_device_name(0) if device.startswith("cuda") else device, seconds=t,
+        compile_command=compile_command(run_dir, ckpt, method),
     )
     runs.write_json(out / "qat.json", {**asdict(result), "config": asdict(cfg)})
     return result

@@ -169,3 +169,25 @@ def test_finetune_loop_trains_the_fake_quant_model_on_cpu(quantized_run, tiny_ne
     assert not torch.equal(before["model.1.conv.weight"], after["model.1.conv.weight"])
     assert torch.equal(before["model.1.bn.running_mean"], after["model.1.bn.running_mean"])
     assert not qnet.training
+
+
+def test_a_gate_that_fails_after_the_search_names_the_qat_command(run_copy, image_sets, monkeypatch, capsys):
+    """compare's result, its error, the report and the CLI carry the study's next step (the study itself is slow)."""
+    import json
+
+    from yolo_compile import compare, study
+    from yolo_compile.cli import _print_next_step
+    from yolo_compile.errors import CompareError
+    from yolo_compile.report import write_report
+
+    failed = {"search": {"passed": False, "steps": [], "next_step": qat.next_step(run_copy, str(image_sets["data"]))}}
+    monkeypatch.setattr(study.Study, "run", lambda self, deep: ([], failed if deep else {}, []))
+    cfg = compare.CompareConfig(eval_dir=str(image_sets["eval"]), eval_images=3, score_atol=1e-12, study="auto")
+    with pytest.raises(CompareError, match="could not pass.*yolo-compile qat"):
+        compare.run(cfg, run_copy)
+    res = json.loads((run_copy / "compare" / "result.json").read_text())
+    assert res["next_step"].endswith(f"yolo-compile qat {run_copy} --data TRAIN_DATA.yaml")
+    runs.init_manifest(run_copy, "default", {}, {})
+    assert "yolo-compile qat" in write_report(run_copy, "failed").read_text()
+    _print_next_step(run_copy)
+    assert capsys.readouterr().out.startswith("next step: post-training quantization could not pass")
