@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default 1e-4)")
     q.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     q.add_argument("--workers", type=int, default=8, help="data loader processes (default 8)")
+    q.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use (default 1)")
     q.add_argument("--calibration", default="run", help="run (the quantize stage's), max, entropy or percentile-<p>")
     q.add_argument("--calib", default="", help="the run's calibration images, where its cached array is gone")
     q.add_argument("--out", default="", help="folder for the checkpoint and qat.json (default artifacts/qat/<run>)")
@@ -139,7 +140,7 @@ def _qat(args) -> int:
 
     try:
         res = run(QatConfig(run_dir=args.run_dir, train_data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
-                            batch=args.batch, workers=args.workers, calibration=args.calibration, calib_dir=args.calib,
+                            batch=args.batch, workers=args.workers, train_fraction=args.fraction, calibration=args.calibration, calib_dir=args.calib,
                             recalibrate=args.recalibrate, fused_kernels=args.fused_kernels))
     except CompileError as e:
         print(f"yolo-compile: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 import shlex
 from dataclasses import asdict, dataclass, field
@@ -228,7 +229,9 @@ def finetune(net, train_data: str, cfg: QatConfig, imgsz: int, device: str = "cu
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.05)
+    warm = max(1, steps // 20)  # linear warm-up over 5% of the steps, then cosine to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (i + 1) / warm if i < warm else
+                                              0.5 * (1 + math.cos(math.pi * (i - warm) / max(1, steps - warm))))
     torch.manual_seed(cfg.seed)
     losses = []
     for epoch in range(cfg.epochs):

@@ -1,5 +1,7 @@
 """QAT on CUDA: a real (tiny) fine-tune whose checkpoint re-enters the compile. Skipped without CUDA."""
 
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.gpu
@@ -8,7 +10,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
 pytest.importorskip("modelopt.torch.quantization", reason="ModelOpt's torch API (it imports huggingface_hub)")
 
-from yolo_compile import export, qat, runs  # noqa: E402
+from yolo_compile import export, qat, runs, validate  # noqa: E402
 
 from conftest import IMGSZ  # noqa: E402
 
@@ -28,6 +30,7 @@ def test_qat_writes_a_plain_checkpoint_the_compile_takes(run_copy, image_sets, t
     assert not any("quantizer" in k for k in ckpt["model"].state_dict())
     new, old = YOLO(res.checkpoint).model.state_dict(), YOLO(str(tiny_checkpoint)).model.state_dict()
     assert set(new) == set(old) and not torch.equal(new["model.1.conv.weight"].float(), old["model.1.conv.weight"].float())
+    validate.model_file(Path(res.checkpoint))  # the compile's own check of a checkpoint: tensors and modules only
     out = export.run(export.ExportConfig(model=res.checkpoint, imgsz=IMGSZ), tmp_path / "run")  # the compile's first stage
     assert out.status == "passed"
     assert "--model" in res.compile_command and "calibration_method=entropy" in res.compile_command  # what QAT trained under

@@ -189,5 +189,6 @@ def test_a_gate_that_fails_after_the_search_names_the_qat_command(run_copy, imag
     assert res["next_step"].endswith(f"yolo-compile qat {run_copy} --data TRAIN_DATA.yaml")
     runs.init_manifest(run_copy, "default", {}, {})
     assert "yolo-compile qat" in write_report(run_copy, "failed").read_text()
+    capsys.readouterr()
     _print_next_step(run_copy)
     assert capsys.readouterr().out.startswith("next step: post-training quantization could not pass")
