@@ -147,6 +147,9 @@ def _qat(args) -> int:
         return 2
     print(f"QAT checkpoint: {res.checkpoint} ({res.epochs} epochs, {res.seconds.get('train_s', 0):.0f} s on {res.device})")
     print(f"compile it: {res.compile_command}")
+    if res.reference_map50_95 is not None:
+        print(f"judge its INT8 mAP50-95 against the original FP32 {res.reference_map50_95:.4f}: the new run's gate "
+              "compares with the QAT checkpoint's own FP32")
     return 0
 
 

@@ -93,6 +93,9 @@ class QatResult:
     device: str = ""
     seconds: dict = field(default_factory=dict)
     compile_command: str = ""
+    # the original model's FP32 mAP50-95 from the failed run: the new compile's gate measures against the QAT
+    # checkpoint's own FP32, which fine-tuning can lower, so judge its INT8 mAP against this one
+    reference_map50_95: float | None = None
 
 
 def module_of(node: str) -> str:
@@ -355,7 +358,7 @@ def run(cfg: QatConfig, device: str = "cuda") -> QatResult:
         calibration_images=int(len(calib)), losses=losses,
         placement={"int8": len(plan.int8), "float": plan.float, "onnx_only": plan.onnx_only, "unmatched": plan.unmatched},
         device=torch.cuda.get_device_name(0) if device.startswith("cuda") else device, seconds=t,
-        compile_command=compile_command(run_dir, ckpt, method),
+        compile_command=compile_command(run_dir, ckpt, method), reference_map50_95=_reference_map(run_dir),
     )
     runs.write_json(out / "qat.json", {**asdict(result), "config": asdict(cfg)})
     return result
@@ -376,6 +379,14 @@ def calibration_array(run_dir: Path, calib_dir: str = "") -> np.ndarray:
     if got.hashes != [f["sha256"] for f in cal["files"]]:
         raise QatError(f"{folder}: its images differ from those {run_dir} calibrated on (sha256); pass the run's calib_dir")
     return got.array
+
+
+def _reference_map(run_dir: Path) -> float | None:
+    """Return the FP32 mAP50-95 the failed run's gate measured (None without its compare result)."""
+    try:
+        return (runs.read_result(run_dir, "compare").get("accuracy") or {}).get("fp32", {}).get("map50_95")
+    except CompileError:
+        return None
 
 
 def _onnx_nodes(path: Path) -> dict[str, str]:

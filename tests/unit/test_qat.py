@@ -186,6 +186,7 @@ def test_a_gate_that_fails_after_the_search_names_the_qat_command(run_copy, imag
     with pytest.raises(CompareError, match="could not pass.*yolo-compile qat"):
         compare.run(cfg, run_copy)
     res = json.loads((run_copy / "compare" / "result.json").read_text())
+    assert qat._reference_map(run_copy) is None  # no labeled split here; with one, the FP32 mAP QAT must be judged by
     assert res["next_step"].endswith(f"yolo-compile qat {run_copy} --data TRAIN_DATA.yaml")
     runs.init_manifest(run_copy, "default", {}, {})
     assert "yolo-compile qat" in write_report(run_copy, "failed").read_text()
