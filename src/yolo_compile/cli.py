@@ -44,6 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--artifacts", help="where run folders go; default: ./artifacts/runs")
     mx.add_argument("--shared", help="a folder every node can write: runs are written there instead of shipped back")
     mx.add_argument("--wait-for-gpu", action="store_true", help="queue TensorRT entries until a GPU node joins")
+    q = sub.add_parser("qat", help="when PTQ cannot pass: fine-tune with fake-quant on a GPU, then compile the new .pt")
+    q.add_argument("run_dir", help="the compile run whose gate failed (artifacts/runs/<run>): its model, images and recipe")
+    q.add_argument("--data", required=True, help="Ultralytics data.yaml with a labeled 'train' split (not the gate's split)")
+    q.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
+    q.add_argument("--lr", type=float, default=1e-4, help="AdamW peak learning rate (default 1e-4)")
+    q.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    q.add_argument("--workers", type=int, default=8, help="data loader processes (default 8)")
+    q.add_argument("--fraction", type=float, default=1.0, help="share of the train split to use (default 1)")
+    q.add_argument("--calibration", default="run", help="run (the quantize stage's), max, entropy or percentile-<p>")
+    q.add_argument("--calib", default="", help="the run's calibration images, where its cached array is gone")
+    q.add_argument("--out", default="", help="folder for the checkpoint and qat.json (default artifacts/qat/<run>)")
+    q.add_argument("--no-recalibrate", dest="recalibrate", action="store_false",
+                   help="keep the first ranges for every epoch (default: reset them from the calibration images each epoch)")
+    q.add_argument("--fused-kernels", action="store_true", help="ModelOpt's CUDA fake-quant kernels (built with nvcc)")
     from .archive import add_commands
 
     add_commands(sub)  # ls, diff, verify, gc, review
@@ -66,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "matrix":
         return _matrix(args)
+    if args.cmd == "qat":
+        return _qat(args)
     try:
         kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
         if args.cmd == "resume":
@@ -80,7 +96,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
     print(f"{manifest['status']}: {run_dir}/report.html")
+    if manifest["status"] != "passed":
+        _print_next_step(run_dir)
     return 0 if manifest["status"] == "passed" else 1
+
+
+def _print_next_step(run_dir) -> None:
+    """Print the compare stage's next step (the QAT command) when post-training quantization could not pass."""
+    import json
+    from pathlib import Path
+
+    try:
+        step = json.loads((Path(run_dir) / "compare" / "result.json").read_text()).get("next_step")
+    except (OSError, ValueError):
+        return
+    if step:
+        print(f"next step: {step}")
 
 
 def _matrix(args) -> int:
@@ -102,6 +133,24 @@ def _matrix(args) -> int:
         print(f"  {r['label']:<{width}}  {r['status']:<8} {extra}")
     print(f"matrix: {folder}/matrix.html")
     return 0 if all(r["status"] in ("passed", "reused") for r in result["runs"]) else 1
+
+
+def _qat(args) -> int:
+    from .qat import QatConfig, run
+
+    try:
+        res = run(QatConfig(run_dir=args.run_dir, train_data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,
+                            batch=args.batch, workers=args.workers, train_fraction=args.fraction, calibration=args.calibration, calib_dir=args.calib,
+                            recalibrate=args.recalibrate, fused_kernels=args.fused_kernels))
+    except CompileError as e:
+        print(f"yolo-compile: {e}", file=sys.stderr)
+        return 2
+    print(f"QAT checkpoint: {res.checkpoint} ({res.epochs} epochs, {res.seconds.get('train_s', 0):.0f} s on {res.device})")
+    print(f"compile it: {res.compile_command}")
+    if res.reference_map50_95 is not None:
+        print(f"judge its INT8 mAP50-95 against the original FP32 {res.reference_map50_95:.4f}: the new run's gate "
+              "compares with the QAT checkpoint's own FP32")
+    return 0
 
 
 def _quiet_logging(verbose: bool) -> None:

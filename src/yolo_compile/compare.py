@@ -72,6 +72,7 @@ class CompareResult:
     skipped: list = field(default_factory=list)  # parts of the study not run, with the reason
     verified_backends: list = field(default_factory=list)  # runtimes on which the quantized model was checked
     verification: dict = field(default_factory=dict)  # backend -> what was checked on it
+    next_step: str = ""  # when the gate failed after the recipe search: the QAT command to run next
     plot: str = ""
     plots: list = field(default_factory=list)
     seconds: float = 0.0
@@ -213,6 +214,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
                 f"mAP gate {verdict} (drop {r['drop_points']:.2f} points)"
         verified = [b for b in verification if "FAILED" not in verification[b] and (not by_backend or b in by_backend)
                     and (b != shipping or not func.summary()[1])]
+    next_step = (sens.get("search") or {}).get("next_step", "") if reasons else ""
     plots = [_plot(func, run_dir / STAGE / "errors.png")] + study.plots
     result = CompareResult(
         status="passed" if not reasons else "failed", passed=not reasons, reasons=reasons, images=len(feeds),
@@ -223,10 +225,12 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep, skipped=study.skipped,
         verified_backends=sorted(verified) if not reasons else [], verification=verification,
         plot=f"{STAGE}/{plots[0].name}", plots=[f"{STAGE}/{p.name}" for p in plots], seconds=round(t.seconds, 2),
+        next_step=next_step,
     )
     runs.write_result(run_dir, STAGE, result)
     if reasons:
-        raise CompareError("accuracy gate failed: " + "; ".join(reasons) + " (loosen the thresholds only with evidence)")
+        raise CompareError("accuracy gate failed: " + "; ".join(reasons) + " (loosen the thresholds only with evidence)"
+                           + (f"; {next_step}" if next_step else ""))
     return result
 
 

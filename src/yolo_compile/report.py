@@ -223,7 +223,7 @@ def facts(run_dir: str | Path, status: str | None = None) -> dict:
                         if q.get("calibration_method") and q.get("recipe") != "float" else None),
         "head_dtype": q.get("high_precision_dtype"),
         "gate": None if "passed" not in cmp else ("pass" if cmp.get("passed") else "fail"),
-        "gate_reasons": cmp.get("reasons") or [],
+        "gate_reasons": cmp.get("reasons") or [], "next_step": cmp.get("next_step") or "",
         "map_fp32": _num((acc.get("fp32") or {}).get("map50_95")),
         "map_quant": _num((acc.get("quantized") or {}).get("map50_95")),
         "map_drop": _num(acc.get("drop_points")), "map_drop_max": _num((cmp.get("thresholds") or {}).get("map_drop_max")),
@@ -268,6 +268,8 @@ def summary_card(f: dict) -> str:
         rows["accuracy gate"] = f"<span class='{f['gate']}'>{f['gate']}</span>"
     if f["gate_reasons"]:
         rows["gate reasons"] = html.escape("; ".join(map(str, f["gate_reasons"])))
+    if f["next_step"]:
+        rows["next step"] = html.escape(f["next_step"])
     size = f"FP32 ONNX {_mb(f['fp32_bytes'])} &rarr; quantized ONNX {_mb(f['quant_bytes'])}"
     if f["engine_bytes"]:
         size += f" &rarr; {html.escape(str(f['engine_backend']))} engine {_mb(f['engine_bytes'])}"

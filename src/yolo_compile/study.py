@@ -236,9 +236,9 @@ class Study:
                 out["search"]["apply"] = (f"--set keep_float={path} --set calibration_method={self.method()} "
                                           "--set quantizer=modelopt")
             else:
-                out["search"]["next_step"] = (
-                    "post-training quantization did not pass the gate: fine-tune with quantization in the loop "
-                    "(ModelOpt's PyTorch API, mtq.quantize then a few epochs on a GPU) and compile the new checkpoint")
+                from .qat import next_step
+
+                out["search"]["next_step"] = next_step(self.run_dir, self.cfg.data)
         if self.fan:
             out["ray"] = self.fan.describe()  # how it ran (workers, tasks); the scores are the serial study's
         return out
