@@ -286,6 +286,9 @@ def compile_command(run_dir: str | Path, checkpoint: str | Path, calibration: st
     skip = ("model", "calib_dir", "eval_dir", "trusted_models", "quantizer", "calibration_method")
     sets = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in p.items() if k not in skip}
     sets.update(quantizer="modelopt", calibration_method=_stage_method(calibration or quant.get("calibration_method", "max")))
+    ref = _reference_map(Path(run_dir))
+    if ref:  # the gate judges the QAT checkpoint against the original model's mAP, not its own FP32
+        sets["reference_map"] = round(float(ref), 4)
     parts += [x for k, v in sets.items() if v not in (None, "") for x in ("--set", f"{k}={v}")]
     return " ".join(shlex.quote(str(x)) for x in parts)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from yolo_compile import compare
-from yolo_compile.errors import CompareError
+from yolo_compile.errors import CompareError, ConfigError
 
 
 def _outputs(anchors=50, classes=3, seed=0):
@@ -160,3 +160,20 @@ def test_map_gate_on_the_reference_detector_fails_when_the_drop_exceeds_it(refer
         compare.run(compare.CompareConfig(**cfg, map_drop_max=0.1), run_dir)
     failed = json.loads((run_dir / "compare" / "result.json").read_text())
     assert failed["status"] == "failed" and "map_drop_max" in failed["reasons"][-1]
+
+
+def test_reference_map_moves_the_gate_bar_to_the_original_model(reference_int8_run):
+    """A QAT checkpoint is judged against the original model's mAP (reference_map), not its own FP32."""
+    run_dir, ref = reference_int8_run
+    cfg = dict(eval_dir=ref["eval_dir"], eval_images=2, data=ref["data"], map_images=12, box_atol=1e3, score_atol=1.0,
+               study="off", map_drop_max=50.0)
+    own = compare.run(compare.CompareConfig(**cfg), run_dir).accuracy
+    bar = round(min(1.0, own["fp32"]["map50_95"] + 0.05), 4)
+    acc = compare.run(compare.CompareConfig(**cfg, reference_map=bar), run_dir).accuracy
+    assert acc["fp32"]["map50_95"] == own["fp32"]["map50_95"] and acc["reference"]["map50_95"] == bar
+    assert acc["drop_points"] == pytest.approx(own["drop_points"] + 100 * (bar - own["fp32"]["map50_95"]), abs=1e-2)
+    assert own["reference"] == {}
+    with pytest.raises(CompareError, match=r"\(reference_map\) -> .* > map_drop_max"):
+        compare.run(compare.CompareConfig(**{**cfg, "map_drop_max": own["drop_points"] + 1.0}, reference_map=bar), run_dir)
+    with pytest.raises(ConfigError, match="reference_map"):
+        compare.CompareConfig(**cfg, reference_map=1.5)

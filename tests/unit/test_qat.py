@@ -135,6 +135,14 @@ def test_compile_command_reenters_the_ordinary_compile(run_copy, image_sets, tin
                  "eval_dir": flags["--eval"]}
     params = resolve_params(load_workflow("default"), overrides)  # every name is a known, well-typed parameter
     assert params["calibration_method"] == "max" and params["imgsz"] == IMGSZ
+    assert "reference_map" not in sets  # this run's compare measured no mAP: nothing to judge against
+    from yolo_compile import runs
+
+    runs.write_json(run / "compare" / "result.json", {"status": "failed", "accuracy": {"fp32": {"map50_95": 0.79471}}})
+    words = shlex.split(qat.compile_command(run, new))
+    sets = dict(w.split("=", 1) for w in words[words.index("--set") + 1::2])
+    assert sets["reference_map"] == "0.7947"  # the QAT compile's gate: the original model's mAP, not its own FP32
+    assert resolve_params(load_workflow("default"), {**overrides, "reference_map": 0.7947})["reference_map"] == 0.7947
 
 
 def test_qat_command_trains_on_a_train_split_only_when_it_is_not_the_gates(image_sets, tmp_path):
