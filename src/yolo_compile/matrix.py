@@ -236,7 +236,9 @@ def connect(address: str | None, workers: int | None):
     if address:
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), **kw)
+        # "local": always a new embedded instance. Without it ray.init joins whatever /tmp/ray/ray_current_cluster
+        # names (a `ray start` left running, or a killed run's leftover) and refuses num_cpus there.
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), **kw)
     return ray
 
 

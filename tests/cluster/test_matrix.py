@@ -197,3 +197,24 @@ def test_the_cli_joins_a_running_cluster_and_ships_runs_back(tmp_path, tiny_chec
         assert (run_dir / "report.html").is_file() and runs.read_manifest(run_dir)["status"] == "passed"
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def test_embedded_ray_starts_its_own_instance_despite_a_leftover_cluster_file(monkeypatch):
+    """A killed run leaves /tmp/ray/ray_current_cluster behind: the embedded start must not try to join it."""
+    import ray
+    from ray._common.utils import get_ray_address_file
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    marker = Path(get_ray_address_file(None))
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    saved = marker.read_text() if marker.is_file() else None
+    marker.write_text("192.0.2.2:39503")  # TEST-NET: no cluster is there
+    try:
+        got = matrix.connect(None, 1)
+        assert got.is_initialized() and got.cluster_resources().get("CPU") == 1.0
+    finally:
+        ray.shutdown()
+        if saved is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(saved)
