@@ -136,7 +136,7 @@ def matched(dets: list[Detections], split: LabeledSplit, size: int) -> dict[str,
     """Return per image, for all objects and for small ones, (tp, conf, predicted class, target class) arrays.
 
     The matching is per image, so any subset or bootstrap resample of images reuses it: evaluate() is then
-    one ap_per_class over the concatenated rows.
+    one average_precision over the concatenated rows.
     """
     iouv = np.linspace(0.5, 0.95, 10)
     rows: dict[str, list[tuple]] = {"all": [], "small": []}
@@ -152,18 +152,15 @@ def matched(dets: list[Detections], split: LabeledSplit, size: int) -> dict[str,
     return rows
 
 
-def map_of_rows(rows: list[tuple], names: dict, idx=None) -> tuple[float | None, float | None, int, object]:
-    """Return (mAP50-95, mAP50, targets, ap_per_class result) over the per-image rows idx (all when None)."""
-    from ultralytics.utils.metrics import ap_per_class
-
+def map_of_rows(rows: list[tuple], idx=None) -> tuple[float | None, float | None, int, object]:
+    """Return (mAP50-95, mAP50, targets, (AP per class x threshold, classes)) over the per-image rows idx (all when None)."""
     pick = rows if idx is None else [rows[i] for i in idx]
     tcls_all = np.concatenate([r[3] for r in pick]) if pick else np.zeros(0, np.int64)
     if not len(tcls_all):
         return None, None, 0, None
-    res = ap_per_class(np.concatenate([r[0] for r in pick]), np.concatenate([r[1] for r in pick]),
-                       np.concatenate([r[2] for r in pick]), tcls_all, names=names)
-    ap = res[5]
-    return float(ap.mean()), float(ap[:, 0].mean()), int(len(tcls_all)), res
+    ap, classes = average_precision(np.concatenate([r[0] for r in pick]), np.concatenate([r[1] for r in pick]),
+                                    np.concatenate([r[2] for r in pick]), tcls_all)
+    return float(ap.mean()), float(ap[:, 0].mean()), int(len(tcls_all)), (ap, classes)
 
 
 def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict) -> dict:
@@ -171,10 +168,10 @@ def evaluate(dets: list[Detections], split: LabeledSplit, size: int, names: dict
     rows = matched(dets, split, size)
     out = {}
     for key in ("all", "small"):
-        m, m50, n, res = map_of_rows(rows[key], names)
+        m, m50, n, res = map_of_rows(rows[key])
         out[key] = {"map50_95": m, "map50": m50, "targets": n}
         if key == "all" and res is not None:
-            ap, classes = res[5], res[6]
+            ap, classes = res
             out["per_class"] = {str(names.get(int(c), c)): {"map50_95": float(ap[i].mean()), "ap50": float(ap[i, 0])}
                                 for i, c in enumerate(classes)}
     return {"map50_95": out["all"]["map50_95"], "map50": out["all"]["map50"], "targets": out["all"]["targets"],
@@ -187,8 +184,6 @@ def agreement_map(ref: list[Detections], test: list[Detections], conf: float = 0
     A label-free measure of how far a variant moved from FP32 that, unlike matching at IoU 0.5, also sees
     box localisation; test detections should be decoded at a low confidence, as for any mAP.
     """
-    from ultralytics.utils.metrics import ap_per_class
-
     iouv = np.linspace(0.5, 0.95, 10)
     tp, scores, pcls, tcls = [], [], [], []
     for r, t in zip(ref, test):
@@ -200,8 +195,39 @@ def agreement_map(ref: list[Detections], test: list[Detections], conf: float = 0
     tcls_all = np.concatenate(tcls)
     if not len(tcls_all):
         return 1.0
-    ap = ap_per_class(np.concatenate(tp), np.concatenate(scores), np.concatenate(pcls), tcls_all)[5]
+    ap = average_precision(np.concatenate(tp), np.concatenate(scores), np.concatenate(pcls), tcls_all)[0]
     return float(ap.mean())
+
+
+AP_RECALL = np.linspace(0, 1, 101)  # COCO's 101-point interpolation
+
+
+def average_precision(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray,
+                      eps: float = 1e-16) -> tuple[np.ndarray, np.ndarray]:
+    """Return (AP per labeled class x IoU threshold, those classes): the arithmetic of Ultralytics' `ap_per_class`.
+
+    The same sort, cumulative sums, precision envelope and 101-point trapezoid, so mAP50-95 equals what
+    `model.val()` reports (tests/unit/test_accuracy.py checks it against Ultralytics' own function), without
+    importing Ultralytics and torch into the stages that only score.
+    """
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    order = np.argsort(-conf)
+    tp, pred_cls = tp[order], pred_cls[order]
+    classes, counts = np.unique(target_cls, return_counts=True)
+    ap = np.zeros((len(classes), tp.shape[1]))
+    for ci, (c, n_l) in enumerate(zip(classes, counts)):
+        mine = pred_cls == c
+        if not mine.any():
+            continue
+        tpc = tp[mine].cumsum(0)
+        fpc = (1 - tp[mine]).cumsum(0)
+        recall, precision = tpc / (n_l + eps), tpc / (tpc + fpc)
+        for j in range(tp.shape[1]):
+            r = recall[:, j]
+            mrec = np.concatenate(([0.0], r, [r[-1]], [1.0]))
+            mpre = np.flip(np.maximum.accumulate(np.flip(np.concatenate(([1.0], precision[:, j], [0.0], [0.0])))))
+            ap[ci, j] = trapezoid(np.interp(AP_RECALL, mrec, mpre), AP_RECALL)
+    return ap, classes
 
 
 def _match(boxes: np.ndarray, pcls: np.ndarray, gt: np.ndarray, gcls: np.ndarray, iouv: np.ndarray) -> np.ndarray:
@@ -251,7 +277,7 @@ class Scorer:
             key = id(dets)
             if key not in self.rows:  # matched once per model; every subset and resample reuses it
                 self.rows[key] = (dets, matched(dets, self.split, self.size)["all"])
-            return 100 * (map_of_rows(self.rows[key][1], self.names, idx)[0] or 0.0)
+            return 100 * (map_of_rows(self.rows[key][1], idx)[0] or 0.0)
         return 100 * agreement_map([self.ref[i] for i in idx], [dets[i] for i in idx], self.conf)
 
     def score(self, path: Path, label: str) -> float:

@@ -18,9 +18,6 @@ class Detections:
 
 def decode(output: np.ndarray, conf: float = 0.001, iou: float = 0.7, max_det: int = 300) -> Detections:
     """Return NMS'd detections of one image from a raw (4 + classes, anchors) YOLO output (cx, cy, w, h)."""
-    import torch
-    from torchvision.ops import batched_nms
-
     out = np.asarray(output, dtype=np.float32)
     scores_all = out[4:]
     cls = scores_all.argmax(0)
@@ -32,8 +29,43 @@ def decode(output: np.ndarray, conf: float = 0.001, iou: float = 0.7, max_det: i
     if len(score) > 30000:  # Ultralytics' max_nms: keep the best before the quadratic step
         top = np.argsort(-score)[:30000]
         boxes, score, cls = boxes[top], score[top], cls[top]
-    idx = batched_nms(torch.from_numpy(boxes), torch.from_numpy(score), torch.from_numpy(cls), iou).numpy()[:max_det]
+    idx = batched_nms(boxes, score, cls, iou, max_det)
     return Detections(boxes[idx], score[idx], cls[idx].astype(np.int64))
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, iou: float, max_det: int = 300) -> np.ndarray:
+    """Return the indices kept by class-aware greedy NMS, best first, at most max_det: torchvision's batched_nms in NumPy.
+
+    The same float32 arithmetic and branches as torchvision's CPU kernel (the per-group loop above 1000 boxes, the
+    coordinate offset below it), so the detections, and every mAP computed from them, equal those of
+    `torchvision.ops.batched_nms` (tests/test_detections.py checks it on real model outputs); no torch import on a
+    CPU compile, where that import costs seconds in every stage's kernel.
+    """
+    n = len(scores)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    per_group = n * 4 > 4000
+    if not per_group:  # boxes of different groups moved apart, as torchvision does
+        boxes = boxes + (groups.astype(np.float32) * (boxes.max() + np.float32(1)))[:, None]
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k]) for k in range(4))
+    area = (x2 - x1) * (y2 - y1)
+    g = groups[order]
+    keep: list[int] = []
+    alive = np.arange(n)
+    zero = np.float32(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while len(alive) and len(keep) < max_det:
+            i, rest = alive[0], alive[1:]
+            keep.append(i)
+            w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+            h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+            inter = w * h
+            gone = inter / (area[i] + area[rest] - inter) > np.float64(iou)
+            if per_group:
+                gone &= g[rest] == g[i]
+            alive = rest[~gone]
+    return order[np.asarray(keep, np.int64)]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -257,8 +257,8 @@ class Study:
         n, diffs = len(a), []
         for _ in range(rounds):
             idx = rng.integers(0, n, n)
-            ma = accuracy.map_of_rows(ra, self.names, idx)[0] or 0.0
-            mb = accuracy.map_of_rows(rb, self.names, idx)[0] or 0.0
+            ma = accuracy.map_of_rows(ra, idx)[0] or 0.0
+            mb = accuracy.map_of_rows(rb, idx)[0] or 0.0
             diffs.append(100 * (ma - mb))
         return round(float(np.std(diffs)), 3)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,8 @@ def batches_for(input_shape: list, requested: tuple[int, ...]) -> list[int]:
 
 def cuda_device() -> tuple[bool, str]:
     """Return (usable, reason) for PyTorch CUDA on this machine."""
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia")):
+        return False, "no NVIDIA driver (/dev/nvidiactl absent)"  # and no 2-3 s torch import to learn it
     try:
         import torch
     except ImportError:

@@ -69,3 +69,19 @@ def test_reference_detector_map_matches_the_recorded_ultralytics_value():
     arr = np.stack([images.load_tensor(p, 640) for p in split.images])
     m = accuracy.evaluate(accuracy.predict(run_dir / res.onnx, arr, "images"), split, 640, res.class_names)
     assert m["map50_95"] == pytest.approx(meta["fp32_val"]["map50_95"], abs=0.005)
+
+
+def test_average_precision_equals_ultralytics_ap_per_class():
+    """Our AP (no torch import) against Ultralytics' own function, on rows with score ties and missed classes."""
+    from ultralytics.utils.metrics import ap_per_class
+
+    rng = np.random.default_rng(3)
+    n = 900
+    tp = rng.random((n, 10)) < np.linspace(0.8, 0.2, 10)
+    conf = np.round(rng.random(n), 2)  # ties
+    pred_cls = rng.integers(0, 5, n)  # class 4 is predicted but never labeled
+    target_cls = np.concatenate([rng.integers(0, 4, 300), [5, 5]])  # class 5 is labeled but never predicted
+    ap, classes = accuracy.average_precision(tp, conf, pred_cls, target_cls)
+    ref = ap_per_class(tp, conf, pred_cls, target_cls)
+    assert np.array_equal(classes, ref[6]) and ap.shape == (5, 10)
+    assert np.allclose(ap, ref[5], rtol=0, atol=1e-12) and ap[-1].sum() == 0

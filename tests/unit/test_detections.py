@@ -40,3 +40,35 @@ def test_agreement_counts_matches_by_class_and_iou():
     assert res["per_class"]["a"]["score_drift"] == pytest.approx(0.2)
     wrong_class = [_dets([[0, 0, 10, 10]], [0.9], [1])]
     assert agreement(ref, wrong_class, {})["all"]["matched"] == 0
+
+
+@pytest.mark.parametrize("n", [300, 2500])  # torchvision offsets the groups up to 1000 boxes, loops over them above
+@pytest.mark.parametrize("max_det", [300, 40])
+def test_batched_nms_keeps_exactly_what_torchvision_keeps(n, max_det):
+    import torch
+    from torchvision.ops import batched_nms as tv_batched_nms
+
+    from yolo_compile.detections import batched_nms
+
+    rng = np.random.default_rng(n + max_det)
+    xy = rng.uniform(-20, 620, (n, 2)).astype(np.float32)  # some corners off the frame, as YOLO boxes can be
+    wh = rng.uniform(0, 120, (n, 2)).astype(np.float32)
+    wh[:10] = 0  # degenerate boxes (0/0 IoU)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = np.round(rng.uniform(0.001, 1, n), 2).astype(np.float32)  # many exact ties
+    groups = rng.integers(0, 5, n)
+    ours = batched_nms(boxes, scores, groups, 0.7, max_det)
+    ref = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), 0.7).numpy()
+    assert len(ours) == min(max_det, len(ref)) > 20
+    assert np.array_equal(scores[ours], scores[ref[:max_det]])  # the same scores, best first
+    assert set(batched_nms(boxes, scores, groups, 0.7, n).tolist()) == set(ref.tolist())  # the same boxes survive
+    # Cut at max_det, a tie at the cut may fall either way (torchvision's final sort is not stable); above it, none can.
+    above = scores[ours] > scores[ours[-1]]
+    assert set(ours[above].tolist()) == set(ref[:max_det][above].tolist())
+
+
+def test_batched_nms_of_nothing_is_empty():
+    from yolo_compile.detections import batched_nms
+
+    kept = batched_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.7)
+    assert kept.shape == (0,) and kept.dtype == np.int64
