@@ -31,11 +31,30 @@ WARM = {
 
 
 def warm_lines(stage: str) -> str:
-    """Return the start-up code that imports a stage's modules and leaves no name behind."""
+    """Return the start-up code that imports a stage's modules and leaves no name behind.
+
+    The imports run in a thread at the lowest CPU priority (nice 19, that thread only): a kernel started ahead
+    uses what the running stage leaves idle instead of slowing it down. Before the first cell runs, the kernel waits
+    for that thread (no cell imports a module the thread is still importing) and lifts the priority of every thread
+    back where allowed (root; otherwise the pools it started stay at nice 19, yielding only to other processes).
+    """
     mods = COMMON + (f"yolo_compile.{stage}",) + WARM.get(stage, ())
-    return ("def _yc_warm():\n    import importlib\n"
-            f"    for m in {mods!r}:\n"
-            "        try:\n            importlib.import_module(m)\n        except Exception:\n            pass\n"
+    return ("def _yc_warm():\n    import importlib, os, threading\n"
+            "    def imports():\n"
+            "        try:\n            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)\n"
+            "        except (AttributeError, OSError):\n            pass\n"
+            f"        for m in {mods!r}:\n"
+            "            try:\n                importlib.import_module(m)\n            except Exception:\n                pass\n"
+            "    t = threading.Thread(target=imports, name='yolo-compile-warm', daemon=True)\n    t.start()\n"
+            "    try:\n        ip = get_ipython()\n    except NameError:  # plain Python, not a kernel\n"
+            "        return t.join()\n"
+            "    def normal():  # the thread, and the pools it started while importing, back to nice 0 (where allowed)\n"
+            "        for tid in os.listdir('/proc/self/task') if os.path.isdir('/proc/self/task') else ():\n"
+            "            try:\n                os.setpriority(os.PRIO_PROCESS, int(tid), 0)\n"
+            "            except (AttributeError, OSError, ValueError):\n                pass\n"
+            "    def wait(*args):\n        ip.events.unregister('pre_run_cell', wait)\n"
+            "        normal()\n        t.join()\n        normal()\n"
+            "    ip.events.register('pre_run_cell', wait)\n"
             "_yc_warm()\ndel _yc_warm")
 
 

@@ -183,6 +183,10 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     stages = list(wf["stages"])
     # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
     with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext():
+        if pool and not resuming and stages:  # the first stage's kernel boots (and imports) while papermill is imported
+            first_key, _ = stagecache.stage_key(stages[0], stage_params(stages[0], params), {})
+            if not (use_cache and cache.lookup(first_key)):
+                pool.prepare(stages[0])
         for i, stage in enumerate(stages):
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
