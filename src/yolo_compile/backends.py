@@ -189,15 +189,18 @@ class OpenVinoRunner(_Base):
 
         queue, done, nxt = ov.AsyncInferQueue(self.compiled), {}, 0
         queue.set_callback(lambda req, i: done.__setitem__(i, req.get_output_tensor(0).data.copy()))
-        for i, x in enumerate(batches):
-            queue.start_async({0: np.ascontiguousarray(x)}, i)  # returns once a request is free
+
+        def ready():  # the outputs finished so far, in batch order
+            nonlocal nxt
             while nxt in done:
                 yield done.pop(nxt)
                 nxt += 1
+
+        for i, x in enumerate(batches):
+            queue.start_async({0: np.ascontiguousarray(x)}, i)  # returns once a request is free
+            yield from ready()
         queue.wait_all()
-        while nxt in done:
-            yield done.pop(nxt)
-            nxt += 1
+        yield from ready()
 
     def prepare(self, x: np.ndarray) -> Callable[[], object]:
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -240,7 +240,7 @@ class Study:
                 out["search"]["apply"] = (f"--set keep_float={path} --set calibration_method={self.method()} "
                                           "--set quantizer=modelopt")
             else:
-                from .qat import next_step
+                from .qat_recipe import next_step
 
                 out["search"]["next_step"] = next_step(self.run_dir, self.cfg.data)
         if self.fan:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from yolo_compile import qat, runs
+from yolo_compile import qat, qat_recipe, runs
 from yolo_compile.errors import CompileError, ConfigError
 
 from conftest import IMGSZ
@@ -26,11 +26,11 @@ def _nodes(run_dir):
 
 
 def test_module_of_folds_onnx_scopes_back_to_module_paths():
-    assert qat.module_of("/model.0/conv/Conv") == "model.0.conv"
-    assert qat.module_of("/model.22/cv2.0/cv2.0.2/Conv") == "model.22.cv2.0.2"
-    assert qat.module_of("/model.22/cv3.1/cv3.1.0/conv/Conv") == "model.22.cv3.1.0.conv"
-    assert qat.module_of("/model.4/m.1/cv2/conv/Conv") == "model.4.m.1.cv2.conv"
-    assert qat.module_of("/model.9/m_2/MaxPool") == "model.9.m_2"  # placement() folds the repeated call
+    assert qat_recipe.module_of("/model.0/conv/Conv") == "model.0.conv"
+    assert qat_recipe.module_of("/model.22/cv2.0/cv2.0.2/Conv") == "model.22.cv2.0.2"
+    assert qat_recipe.module_of("/model.22/cv3.1/cv3.1.0/conv/Conv") == "model.22.cv3.1.0.conv"
+    assert qat_recipe.module_of("/model.4/m.1/cv2/conv/Conv") == "model.4.m.1.cv2.conv"
+    assert qat_recipe.module_of("/model.9/m_2/MaxPool") == "model.9.m_2"  # placement() folds the repeated call
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def tiny_net(tiny_checkpoint):
 def test_placement_follows_the_onnx_recipe(quantized_run, tiny_net):
     quant = runs.read_result(quantized_run, "quantize")
     nodes = _nodes(quantized_run)
-    plan = qat.placement(nodes, quant["quantized_nodes"], qat.quantizable(tiny_net))
+    plan = qat_recipe.placement(nodes, quant["quantized_nodes"], qat.quantizable(tiny_net))
     head = int(runs.read_result(quantized_run, "export")["head_index"])
     # every Conv and MaxPool of the graph is a torch module with quantizers; nothing torch quantizes is missing
     assert not plan.unmatched
@@ -66,7 +66,7 @@ def test_fake_quant_is_on_exactly_where_the_recipe_is_int8(quantized_run, tiny_n
     import torch
 
     quant = runs.read_result(quantized_run, "quantize")
-    plan = qat.placement(_nodes(quantized_run), quant["quantized_nodes"], qat.quantizable(tiny_net))
+    plan = qat_recipe.placement(_nodes(quantized_run), quant["quantized_nodes"], qat.quantizable(tiny_net))
     calib = qat.calibration_array(quantized_run)
     qnet = qat.insert_fake_quant(copy.deepcopy(tiny_net), plan, method, [calib[:4], calib[4:]], device="cpu")
     assert qat.enabled_quantizers(qnet) == plan.int8
@@ -125,7 +125,7 @@ def test_compile_command_reenters_the_ordinary_compile(run_copy, image_sets, tin
     run = _with_manifest(run_copy, tiny_checkpoint, image_sets)
     new = tmp_path / "tiny-qat.pt"
     new.write_bytes(tiny_checkpoint.read_bytes())
-    words = shlex.split(qat.compile_command(run, new))
+    words = shlex.split(qat_recipe.compile_command(run, new))
     assert words[:5] == ["yolo-compile", "run", "default", "--model", str(new)]
     sets = dict(w.split("=", 1) for w in words[words.index("--set") + 1::2])
     assert sets["calibration_method"] == "max" and sets["quantizer"] == "modelopt" and sets["target"] == "cpu"
@@ -139,18 +139,18 @@ def test_compile_command_reenters_the_ordinary_compile(run_copy, image_sets, tin
     from yolo_compile import runs
 
     runs.write_json(run / "compare" / "result.json", {"status": "failed", "accuracy": {"fp32": {"map50_95": 0.79471}}})
-    words = shlex.split(qat.compile_command(run, new))
+    words = shlex.split(qat_recipe.compile_command(run, new))
     sets = dict(w.split("=", 1) for w in words[words.index("--set") + 1::2])
     assert sets["reference_map"] == "0.7947"  # the QAT compile's gate: the original model's mAP, not its own FP32
     assert resolve_params(load_workflow("default"), {**overrides, "reference_map": 0.7947})["reference_map"] == 0.7947
 
 
 def test_qat_command_trains_on_a_train_split_only_when_it_is_not_the_gates(image_sets, tmp_path):
-    assert qat.qat_command("runs/r", str(image_sets["data"])).endswith("--data TRAIN_DATA.yaml")  # train: == val:
+    assert qat_recipe.qat_command("runs/r", str(image_sets["data"])).endswith("--data TRAIN_DATA.yaml")  # train: == val:
     data = tmp_path / "data.yaml"
     data.write_text("train: train/images\nval: val/images\nnames: {0: a}\n")
-    assert qat.qat_command("runs/r", str(data)) == f"yolo-compile qat runs/r --data {data}"
-    assert "yolo-compile qat runs/r" in qat.next_step("runs/r") and "could not pass" in qat.next_step("runs/r")
+    assert qat_recipe.qat_command("runs/r", str(data)) == f"yolo-compile qat runs/r --data {data}"
+    assert "yolo-compile qat runs/r" in qat_recipe.next_step("runs/r") and "could not pass" in qat_recipe.next_step("runs/r")
 
 
 def test_finetune_loop_trains_the_fake_quant_model_on_cpu(quantized_run, tiny_net, image_sets):
@@ -160,7 +160,7 @@ def test_finetune_loop_trains_the_fake_quant_model_on_cpu(quantized_run, tiny_ne
     import torch
 
     quant = runs.read_result(quantized_run, "quantize")
-    plan = qat.placement(_nodes(quantized_run), quant["quantized_nodes"], qat.quantizable(tiny_net))
+    plan = qat_recipe.placement(_nodes(quantized_run), quant["quantized_nodes"], qat.quantizable(tiny_net))
     calib = qat.calibration_array(quantized_run)
     qnet = qat.insert_fake_quant(copy.deepcopy(tiny_net), plan, "entropy", [calib[:8]], device="cpu")
     bn = [m for m in qnet.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -188,13 +188,13 @@ def test_a_gate_that_fails_after_the_search_names_the_qat_command(run_copy, imag
     from yolo_compile.errors import CompareError
     from yolo_compile.report import write_report
 
-    failed = {"search": {"passed": False, "steps": [], "next_step": qat.next_step(run_copy, str(image_sets["data"]))}}
+    failed = {"search": {"passed": False, "steps": [], "next_step": qat_recipe.next_step(run_copy, str(image_sets["data"]))}}
     monkeypatch.setattr(study.Study, "run", lambda self, deep: ([], failed if deep else {}, []))
     cfg = compare.CompareConfig(eval_dir=str(image_sets["eval"]), eval_images=3, score_atol=1e-12, study="auto")
     with pytest.raises(CompareError, match="could not pass.*yolo-compile qat"):
         compare.run(cfg, run_copy)
     res = json.loads((run_copy / "compare" / "result.json").read_text())
-    assert qat._reference_map(run_copy) is None  # no labeled split here; with one, the FP32 mAP QAT must be judged by
+    assert qat_recipe.reference_map(run_copy) is None  # no labeled split here; with one, the FP32 mAP QAT must be judged by
     assert res["next_step"].endswith(f"yolo-compile qat {run_copy} --data TRAIN_DATA.yaml")
     runs.init_manifest(run_copy, "default", {}, {})
     assert "yolo-compile qat" in write_report(run_copy, "failed").read_text()
