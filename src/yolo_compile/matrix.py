@@ -162,13 +162,18 @@ def unpack(blob: bytes, root: Path) -> Path:
     return final
 
 
-def compile_entry(entry: Entry, shared: str | None = None) -> dict:
-    """Run one entry exactly as `yolo-compile run` does; return its outcome (and the packed folder unless shared)."""
+def compile_entry(entry: Entry, shared: str | None = None, threads: int = 0) -> dict:
+    """Run one entry exactly as `yolo-compile run` does; return its outcome (and the packed folder unless shared).
+
+    threads > 0: the run's stage kernels use that many threads each (ONNX Runtime, torch, BLAS), not one per core.
+    """
+    from . import threads as cpu_share
     from .workflow import run_workflow
 
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"key": entry.key, "label": entry.label, "node": os.uname().nodename}
-    with tempfile.TemporaryDirectory(prefix="yolo-compile-matrix-") as tmp:
+    out: dict[str, Any] = {"key": entry.key, "label": entry.label, "node": os.uname().nodename, "threads": threads or None}
+    # the stage kernels inherit the share (Ray's own OMP_NUM_THREADS is 1); a Ray worker runs many tasks, so it is scoped
+    with cpu_share.scoped(threads), tempfile.TemporaryDirectory(prefix="yolo-compile-matrix-") as tmp:
         root = Path(shared) if shared else Path(tmp) / "runs"
         try:
             run_dir, manifest = run_workflow(entry.workflow, dict(entry.overrides), root)
@@ -255,14 +260,22 @@ def check_resources(ray, entries: list[Entry], wait_for_gpu: bool) -> list[str]:
 
 def run_matrix(path: str | Path, *, address: str | None = None, artifacts: str | Path | None = None,
                workers: int | None = None, shared: str | None = None, wait_for_gpu: bool = False,
-               retries: int = 2) -> tuple[Path, dict]:
-    """Run every entry of a matrix on Ray; return (matrix folder, matrix.json contents)."""
+               retries: int = 2, threads: int | None = None) -> tuple[Path, dict]:
+    """Run every entry of a matrix on Ray; return (matrix folder, matrix.json contents).
+
+    threads: each run's thread share. None: this machine's cores // workers when Ray is embedded here, 1 on a
+    cluster (the one CPU Ray counts each task for); 0: the libraries' defaults, every run sized for a whole machine.
+    """
     from tqdm.auto import tqdm
 
     name, entries = load(path)
     root = Path(artifacts) if artifacts else Path.cwd() / "artifacts" / "runs"
     root.mkdir(parents=True, exist_ok=True)
     ray = connect(address, workers)
+    if threads is None:  # embedded: this machine's cores shared among the CPUs Ray was started with
+        cores = os.cpu_count() or 1
+        embedded = not (address or os.environ.get("RAY_ADDRESS"))
+        threads = max(1, cores // int(ray.cluster_resources().get("CPU", cores))) if embedded else 1
     refused = dict(zip([e.key for e in entries if e.needs_gpu()], check_resources(ray, entries, wait_for_gpu)))
     task = ray.remote(compile_entry)
     rows: dict[str, dict] = {}
@@ -279,7 +292,7 @@ def run_matrix(path: str | Path, *, address: str | None = None, artifacts: str |
         opts = {"num_cpus": 1, "max_retries": retries, "retry_exceptions": False}
         if e.needs_gpu():
             opts.update(num_gpus=1, resources={GPU_RESOURCE: 1})
-        pending[task.options(**opts).remote(e, shared)] = e
+        pending[task.options(**opts).remote(e, shared, threads)] = e
     bar = tqdm(total=len(pending), desc=f"matrix {name}", unit="run")
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -297,6 +310,7 @@ def run_matrix(path: str | Path, *, address: str | None = None, artifacts: str |
         bar.update(1)
     bar.close()
     result = {"name": name, "matrix_file": str(Path(path).resolve()), "seconds": round(time.perf_counter() - t0, 1),
+              "threads_per_run": threads or None,
               "cluster": {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")},
               "runs": [rows[e.key] for e in entries]}
     folder = root.parent / "matrices" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{_slug(name)}"

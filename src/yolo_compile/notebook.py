@@ -13,8 +13,10 @@ from .errors import RunFolderError
 
 def setup(stage: str, run_dir: str, **params: Any):
     """Configure notebook logging, check run_dir, and return the stage's validated config."""
+    from . import threads
     from .workflow import config_class
 
+    threads.apply()  # a matrix run's CPU share (YOLO_COMPILE_THREADS), where its task set one
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
     if not run_dir:
         raise RunFolderError(f"{stage}: parameter 'run_dir' is empty; pass -p run_dir artifacts/runs/<name>")
