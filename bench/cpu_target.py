@@ -88,11 +88,11 @@ def paired_images_per_s(cases: list[tuple[Path, str]], x, rounds: int = 7, secon
     return per
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 1) -> str:
     """Return 'median (min-max)' of a list of figures."""
     import numpy as np
 
-    return f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def size_of(model: Path) -> int:
@@ -185,11 +185,11 @@ def main() -> int:
     med = lambda v: float(np.median(v))  # noqa: E731
     goals = [f"accuracy: ours {100 * mine['ultra']:.2f} vs theirs {100 * peer['ultra']:.2f} mAP50-95 points "
              f"(Ultralytics val) -> {'met' if mine['ultra'] >= peer['ultra'] else 'MISSED'}",
-             f"speed: ours / theirs {spread(ratio(mine, peer))} (paired, round by round) -> "
+             f"speed: ours / theirs {spread(ratio(mine, peer), 2)} (paired, round by round) -> "
              f"{'met' if med(ratio(mine, peer)) >= 1 else 'MISSED'}",
-             f"shipped engine vs ONNX Runtime FP32: {spread(ratio(mine, ort32))}x (goal >= 3x) -> "
+             f"shipped engine vs ONNX Runtime FP32: {spread(ratio(mine, ort32), 2)}x (goal >= 3x) -> "
              f"{'met' if med(ratio(mine, ort32)) >= 3 else 'MISSED'}",
-             f"INT8 vs OpenVINO's own FP32: {spread(ratio(mine, ov32))}x (goal >= 1.3x) -> "
+             f"INT8 vs OpenVINO's own FP32: {spread(ratio(mine, ov32), 2)}x (goal >= 1.3x) -> "
              f"{'met' if med(ratio(mine, ov32)) >= 1.3 else 'MISSED'}",
              f"compile time: ours {ours_s:.0f} s (gate included) vs their INT8 export {ov_s:.0f} s = "
              f"{ours_s / ov_s:.1f}x (goal <= 2x) -> {'met' if ours_s <= 2 * ov_s else 'MISSED'}"]
