@@ -79,7 +79,8 @@ def bench_study(args, work: Path, sets: dict, checkpoint: Path) -> None:
         wall, load = time.perf_counter() - t0[0], cores_busy(t0)
         sens = json.loads((run / "compare" / "result.json").read_text())["sensitivity"]
         ran = sens.pop("ray", {})
-        sens.get("search", {}).pop("apply", None)
+        for k in ("apply", "next_step"):  # both name the run folder (study1, study2...), nothing else differs
+            sens.get("search", {}).pop(k, None)
         results.append(sens)
         serial = rows[0][2] if rows else wall
         rows.append((f"study, {'serial' if n == 1 else f'Ray {n} workers'}", n, wall, serial / wall,

@@ -360,8 +360,24 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
     return "".join(parts)
 
 
+_RENDERED: dict[tuple[str, str], str] = {}  # (path, sha256) -> HTML: a notebook rendered while later stages ran
+
+
 def render_notebook(path: Path) -> str:
-    """Return an executed notebook as HTML (nbconvert; images inlined, inputs collapsed, parameters open)."""
+    """Return an executed notebook as HTML (nbconvert; images inlined, inputs collapsed, parameters open).
+
+    Remembered by content: `workflow` renders each notebook when its stage ends, on an otherwise idle core, and
+    the report at the end reuses it unless the file changed since.
+    """
+    key = (str(Path(path).resolve()), runs.sha256(path))
+    if key not in _RENDERED:
+        if len(_RENDERED) >= 32:
+            _RENDERED.pop(next(iter(_RENDERED)))
+        _RENDERED[key] = _render(Path(path))
+    return _RENDERED[key]
+
+
+def _render(path: Path) -> str:
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter

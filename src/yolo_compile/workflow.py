@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +184,8 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     pool = KernelPool(run_dir, KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
     stages = list(wf["stages"])
     # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
-    with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext():
+    with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext(), \
+            ThreadPoolExecutor(1, thread_name_prefix="yolo-compile-report", initializer=_low_priority) as prerender:
         if pool and not resuming and stages:  # the first stage's kernel boots (and imports) while papermill is imported
             first_key, _ = stagecache.stage_key(stages[0], stage_params(stages[0], params), {})
             if not (use_cache and cache.lookup(first_key)):
@@ -213,8 +216,10 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
                 status = "failed"
                 break
             upstream[stage] = runs.read_manifest(run_dir)["stages"][stage]["outputs"]
+            prerender.submit(_prerender, run_dir / notebook_for(stage).name)
         if pool:
             pool.close()  # now: the report below needs no kernel
+        prerender.shutdown(wait=True)
         for stage, outs in upstream.items():  # the end of the run: everything is re-hashed
             bad = stagecache.changed_outputs(run_dir, outs)
             if bad:
@@ -226,6 +231,26 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
         except Exception as e:  # a report that cannot render must not hide the run's own verdict
             log.error("report.html could not be written: %s: %s", type(e).__name__, e)
         return runs.finish_manifest(run_dir, status)
+
+
+def _low_priority() -> None:
+    """Lower the calling thread to nice 19 (that thread only): report work uses what the stages leave idle."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
+def _prerender(nb: Path) -> None:
+    """Clean a finished stage's notebook and render it for the report now, while the next stages run."""
+    from . import notebook, report
+
+    try:
+        if nb.is_file():
+            notebook.clean_executed(nb)
+            report.render_notebook(nb)
+    except Exception as e:  # noqa: BLE001  the report renders it again at the end
+        log.debug("prerender of %s: %s", nb.name, e)
 
 
 def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, verbose: bool, pool=None,

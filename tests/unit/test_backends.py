@@ -58,3 +58,24 @@ def test_missing_or_unknown_backends_say_why(quantized_run):
     assert "expected one of onnxruntime, openvino, pytorch, tensorrt" in backends.available("tflite")[1]
     with pytest.raises(CompileError, match="not found"):
         backends.open_runner("onnxruntime", quantized_run / "missing.onnx")
+
+
+@pytest.mark.parametrize("model", ["export/model.onnx", "quantize/model.quant.onnx"])
+def test_openvino_cache_gives_the_converted_model_back_with_identical_outputs(quantized_run, batch, model, tmp_path):
+    fresh = backends.open_runner("openvino", quantized_run / model).run(batch)  # no cache: convert_model itself
+    try:
+        backends.use_openvino_cache(tmp_path / "ov")
+        first = backends.open_runner("openvino", quantized_run / model).run(batch)  # converts, then keeps the IR
+        entries = list((tmp_path / "ov").iterdir())
+        assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "model.bin").is_file()
+        (entries[0] / "model.bin").touch()
+        mtime = (entries[0] / "model.bin").stat().st_mtime_ns
+        again = backends.open_runner("openvino", quantized_run / model).run(batch)  # read back: nothing rewritten
+        assert (entries[0] / "model.bin").stat().st_mtime_ns == mtime and len(list((tmp_path / "ov").iterdir())) == 1
+        (entries[0] / "model.xml").write_text("<damaged/>")
+        repaired = backends.open_runner("openvino", quantized_run / model).run(batch)  # a damaged entry is replaced
+        assert "damaged" not in (entries[0] / "model.xml").read_text()
+    finally:
+        backends.use_openvino_cache(None)
+    for got in (first, again, repaired):
+        np.testing.assert_array_equal(got, fresh)
