@@ -58,6 +58,9 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     wf = load_workflow(workflow)
     params = resolve_params(wf, overrides)
     run_dir = runs.new_run_dir(artifacts, {"direct": True})
+    from yolo_compile import backends
+
+    backends.use_openvino_cache(runs.cache_root(run_dir) / "openvino")  # as notebook.setup does in each kernel
     times = {}
     t0 = time.perf_counter()
     for stage in wf["stages"]:
