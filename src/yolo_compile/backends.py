@@ -167,10 +167,9 @@ def load_openvino_model(model: str | Path):
     if not _OPENVINO_CACHE:
         return ov.convert_model(str(model))
     import hashlib
-    import os
-    import tempfile
+    import shutil
 
-    from .runs import sha256
+    from .runs import atomic_dir, sha256
 
     key = hashlib.sha256(f"{sha256(model)}|{ov.get_version()}".encode()).hexdigest()[:40]
     entry = _OPENVINO_CACHE[0] / key
@@ -178,21 +177,13 @@ def load_openvino_model(model: str | Path):
         try:
             return ov.Core().read_model(str(entry / "model.xml"))
         except RuntimeError:  # a damaged entry: converted again below and replaced, never trusted
-            import shutil
-
             shutil.rmtree(entry, ignore_errors=True)
     net = ov.convert_model(str(model))
-    tmp = None
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=entry.parent))
-        ov.save_model(net, str(tmp / "model.xml"), compress_to_fp16=False)
-        os.replace(tmp, entry)  # whole, or not at all; another run that got there first keeps its entry
+        with atomic_dir(entry) as tmp:  # another run that got there first keeps its entry
+            ov.save_model(net, str(tmp / "model.xml"), compress_to_fp16=False)
     except (OSError, RuntimeError):  # a full disk or a read-only cache costs speed next time, never this run
-        if tmp is not None:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        pass
     return net
 
 

@@ -9,7 +9,6 @@ the labeled split, or agreement with FP32 without labels, on the runtime that sh
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
@@ -18,18 +17,6 @@ import numpy as np
 from . import runs, scales
 
 log = logging.getLogger(__name__)
-
-
-def backbone_end(fp32_graph) -> int | None:
-    """Return the module index of the backbone's last block (SPPF/SPP: the module holding MaxPool), if any."""
-    idx = [int(m.group(1)) for n in fp32_graph.node if n.op_type == "MaxPool"
-           and (m := re.match(r"/model\.(\d+)/", n.name))]
-    return max(idx) if idx else None
-
-
-def module_of(tensor: str) -> int | None:
-    m = re.match(r"/model\.(\d+)/", tensor)
-    return int(m.group(1)) if m else None
 
 
 class Search:

@@ -1,15 +1,19 @@
 """Kernels started ahead: the next stage's kernel boots, and imports its libraries, while this stage runs.
 
 Each stage still gets a fresh kernel of its own (no state crosses stages: they read each other's files only);
-it is only started earlier. The imports run as IPython `exec_lines` at kernel start-up: outside the notebook's
-history (execution counts still start at 1), leaving no name in the user namespace, and an import that fails
-(an optional backend not installed) is ignored there and fails, or not, where the notebook itself imports it.
+it is only started earlier. The imports start as IPython `exec_lines` at kernel start-up (`warm`): outside the
+notebook's history (execution counts still start at 1), leaving no name in the user namespace, and an import that
+fails (an optional backend not installed) is ignored there and fails, or not, where the notebook itself imports it.
 Measured on a 2-core machine: kernel start 0.6 s, torch 1.5 s, ModelOpt 2.4 s, NNCF 0.6 s per stage.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,31 +35,53 @@ WARM = {
 
 
 def warm_lines(stage: str) -> str:
-    """Return the start-up code that imports a stage's modules and leaves no name behind.
-
-    The imports run in a thread at the lowest CPU priority (nice 19, that thread only): a kernel started ahead
-    uses what the running stage leaves idle instead of slowing it down. Before the first cell runs, the kernel waits
-    for that thread (no cell imports a module the thread is still importing) and lifts the priority of every thread
-    back where allowed (root; otherwise the pools it started stay at nice 19, yielding only to other processes).
-    """
+    """Return the start-up code that imports a stage's modules (`warm`) and leaves no name behind."""
     mods = COMMON + (f"yolo_compile.{stage}",) + WARM.get(stage, ())
-    return ("def _yc_warm():\n    import importlib, os, threading\n"
-            "    def imports():\n"
-            "        try:\n            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)\n"
-            "        except (AttributeError, OSError):\n            pass\n"
-            f"        for m in {mods!r}:\n"
-            "            try:\n                importlib.import_module(m)\n            except Exception:\n                pass\n"
-            "    t = threading.Thread(target=imports, name='yolo-compile-warm', daemon=True)\n    t.start()\n"
-            "    try:\n        ip = get_ipython()\n    except NameError:  # plain Python, not a kernel\n"
-            "        return t.join()\n"
-            "    def normal():  # the thread, and the pools it started while importing, back to nice 0 (where allowed)\n"
-            "        for tid in os.listdir('/proc/self/task') if os.path.isdir('/proc/self/task') else ():\n"
-            "            try:\n                os.setpriority(os.PRIO_PROCESS, int(tid), 0)\n"
-            "            except (AttributeError, OSError, ValueError):\n                pass\n"
-            "    def wait(*args):\n        ip.events.unregister('pre_run_cell', wait)\n"
-            "        normal()\n        t.join()\n        normal()\n"
-            "    ip.events.register('pre_run_cell', wait)\n"
-            "_yc_warm()\ndel _yc_warm")
+    return f"import yolo_compile.kernels as _yc_warm\n_yc_warm.warm({mods!r})\ndel _yc_warm"
+
+
+def warm(modules: tuple[str, ...]) -> None:
+    """Import modules in a thread at the lowest CPU priority; in a kernel, the first cell waits for that thread.
+
+    Nice 19 for that thread only: a kernel started ahead uses what the running stage leaves idle instead of slowing
+    it down. Waiting before the first cell means no cell imports a module the thread is still importing; then every
+    thread is put back to nice 0 where allowed (root; otherwise the pools the thread started stay at nice 19,
+    yielding only to other processes). An import that fails is ignored here.
+    """
+    def imports() -> None:
+        set_nice(19)
+        for m in modules:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001  the notebook's own import says what is missing
+                pass
+
+    t = threading.Thread(target=imports, name="yolo-compile-warm", daemon=True)
+    t.start()
+    ip = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
+    if ip is None:  # plain Python, not a kernel
+        t.join()
+        return
+
+    def normal() -> None:
+        for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ():
+            set_nice(0, int(tid))
+
+    def wait(*args) -> None:
+        ip.events.unregister("pre_run_cell", wait)
+        normal()
+        t.join()
+        normal()
+
+    ip.events.register("pre_run_cell", wait)
+
+
+def set_nice(nice: int, tid: int | None = None) -> None:
+    """Set one thread's nice value (the calling thread's by default; on Linux nice is per thread), where allowed."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid or threading.get_native_id(), nice)
+    except (AttributeError, OSError):
+        pass
 
 
 class KernelPool:

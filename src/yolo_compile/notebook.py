@@ -13,17 +13,15 @@ from .errors import RunFolderError
 
 def setup(stage: str, run_dir: str, **params: Any):
     """Configure notebook logging, check run_dir, and return the stage's validated config."""
-    from . import threads
+    from . import backends, runs, threads
     from .workflow import config_class
 
     threads.apply()  # a matrix run's CPU share (YOLO_COMPILE_THREADS), where its task set one
-    from . import backends, runs
-
-    backends.use_openvino_cache(runs.cache_root(run_dir) / "openvino" if run_dir else None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True)
     if not run_dir:
         raise RunFolderError(f"{stage}: parameter 'run_dir' is empty; pass -p run_dir artifacts/runs/<name>")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
+    backends.use_openvino_cache(runs.cache_root(run_dir) / "openvino")
     return build(config_class(stage), params)
 
 

@@ -70,8 +70,8 @@ class Space:
 
             t = time.perf_counter()
             path = self.work / f"template-{len(self.templates)}.onnx"
-            more = [p for g in sorted(floats) for p in self.groups[g].patterns]
-            modelopt_quantize(self.src, path, self.data[:1], self.exp, "max", self.hp_dtype, exclude=self.exclude + more)
+            modelopt_quantize(self.src, path, self.data[:1], self.exp, "max", self.hp_dtype,
+                              exclude=self.exclude + self._patterns(floats))
             self.placement_s += time.perf_counter() - t
             self.templates[floats] = self._describe(path)
         return self.templates[floats]
@@ -118,5 +118,8 @@ class Space:
 
     def patterns(self, recipe: Recipe) -> list[str]:
         """Return the regexes of the recipe's extra float groups (for keep_float= and the report)."""
-        return [p for g in sorted(recipe.floats) for p in self.groups[g].patterns]
+        return self._patterns(recipe.floats)
+
+    def _patterns(self, floats: frozenset) -> list[str]:
+        return [p for g in sorted(floats) for p in self.groups[g].patterns]
 

@@ -9,6 +9,7 @@ raw JSON behind a disclosure. Stage results grow new fields over time: anything 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 from pathlib import Path
@@ -360,24 +361,17 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
     return "".join(parts)
 
 
-_RENDERED: dict[tuple[str, str], str] = {}  # (path, sha256) -> HTML: a notebook rendered while later stages ran
-
-
 def render_notebook(path: Path) -> str:
     """Return an executed notebook as HTML (nbconvert; images inlined, inputs collapsed, parameters open).
 
     Remembered by content: `workflow` renders each notebook when its stage ends, on an otherwise idle core, and
     the report at the end reuses it unless the file changed since.
     """
-    key = (str(Path(path).resolve()), runs.sha256(path))
-    if key not in _RENDERED:
-        if len(_RENDERED) >= 32:
-            _RENDERED.pop(next(iter(_RENDERED)))
-        _RENDERED[key] = _render(Path(path))
-    return _RENDERED[key]
+    return _render(str(Path(path).resolve()), runs.sha256(path))
 
 
-def _render(path: Path) -> str:
+@functools.lru_cache(maxsize=32)
+def _render(path: str, digest: str) -> str:  # digest: the file's sha256, the key's content half
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
@@ -386,7 +380,7 @@ def _render(path: Path) -> str:
     exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"yc_report.j2": _NB_TEMPLATE})],
                             template_file="yc_report.j2")
     exporter.register_preprocessor(CoalesceStreamsPreprocessor(enabled=True), enabled=True)  # progress bars: last state
-    body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
+    body, _ = exporter.from_notebook_node(nbformat.read(path, as_version=4))
     return body
 
 

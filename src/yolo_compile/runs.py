@@ -45,6 +45,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; rename it to `path` only if the block succeeds.
+
+    A folder already at `path` stays (first writer wins: the rename fails and the new copy is dropped); remove it
+    first to replace it. Nothing half-written ever shows under `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name[:12]}.", dir=path.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock on `path` (created if absent) for the block: runs sharing a cache wait.
 

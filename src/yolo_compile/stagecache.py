@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -169,8 +168,8 @@ class StageCache:
             if (self.root / key / "entry.json").is_file():
                 return
             runs.check_free_space(self.root, sum(o["bytes"] for o in outputs.values()), "stage cache entry")
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=self.root))
-            try:
+            shutil.rmtree(self.root / key, ignore_errors=True)  # a half entry (no entry.json) is replaced
+            with runs.atomic_dir(self.root / key) as tmp:
                 for rel in outputs:
                     (tmp / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(run_dir / rel, tmp / "files" / rel)
@@ -180,10 +179,6 @@ class StageCache:
                     "key": key, "stage": stage, "status": result.get("status"), "reason": result.get("reason", ""),
                     "seconds": result.get("seconds"), "run_dir": str(run_dir), "stored_utc": time.time(),
                     "outputs": {rel: {"sha256": o["sha256"], "bytes": o["bytes"]} for rel, o in outputs.items()}})
-                shutil.rmtree(self.root / key, ignore_errors=True)
-                os.rename(tmp, self.root / key)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- engines and TensorRT timing caches -----------------------------------------------------------------------

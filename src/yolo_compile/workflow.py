@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,15 +176,17 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     from . import notebook
     from .report import write_report
 
-    from .kernels import KernelPool
+    from .kernels import KernelPool, set_nice
 
     cache = stagecache.StageCache(runs.cache_root(run_dir))
     status, upstream = "passed", {}
     pool = KernelPool(run_dir, KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
     stages = list(wf["stages"])
     # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
+    # Each finished stage's notebook is rendered for the report at nice 19, on what the next stages leave idle.
+    prerender = ThreadPoolExecutor(1, thread_name_prefix="yolo-compile-report", initializer=set_nice, initargs=(19,))
     with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext(), \
-            ThreadPoolExecutor(1, thread_name_prefix="yolo-compile-report", initializer=_low_priority) as prerender:
+            prerender:
         if pool and not resuming and stages:  # the first stage's kernel boots (and imports) while papermill is imported
             first_key, _ = stagecache.stage_key(stages[0], stage_params(stages[0], params), {})
             if not (use_cache and cache.lookup(first_key)):
@@ -231,14 +232,6 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
         except Exception as e:  # a report that cannot render must not hide the run's own verdict
             log.error("report.html could not be written: %s: %s", type(e).__name__, e)
         return runs.finish_manifest(run_dir, status)
-
-
-def _low_priority() -> None:
-    """Lower the calling thread to nice 19 (that thread only): report work uses what the stages leave idle."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
 
 
 def _prerender(nb: Path) -> None:
