@@ -40,3 +40,25 @@ def test_a_slow_call_is_timed_at_least_twice_and_stability_needs_enough_samples(
     assert not timing.is_stable([0.01] * 5, min_iterations=6)
     assert timing.is_stable([0.01] * 6, min_iterations=5)
     assert not timing.is_stable([0.01, 0.01, 0.01, 0.02, 0.02, 0.02], tolerance=0.02, min_iterations=5)
+
+
+def test_load_watch_sees_another_process_compute_and_marks_the_figure():
+    import subprocess
+    import sys
+    import time as _time
+
+    from yolo_compile.timing import LoadWatch
+
+    with LoadWatch() as quiet:
+        _time.sleep(0.5)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _time.sleep(0.3)
+        with LoadWatch() as loaded:
+            _time.sleep(1.5)
+    finally:
+        busy.kill()
+    s = loaded.summary()
+    assert s["watched"] and s["under_load"] and s["others_cores"] > 0.5
+    assert any(b["pid"] == busy.pid and b["cores"] > 0.5 for b in s["busy"])
+    assert quiet.summary()["others_cores"] < s["others_cores"]
