@@ -190,7 +190,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     cpu_target = build["backend"] in CPU_BACKENDS
     budget = cfg.budget_seconds if cpu_target and cfg.budget_seconds else float("inf")
     gpu = {}
-    with runs.Timer() as t, timing.LoadWatch() as watch:
+    with timing.exclusive("throughput") as slot, runs.Timer() as t, timing.LoadWatch() as watch:
         if has_cuda:
             gpu["before"] = gpu_clocks()
         rows, spent = sweep(cases, cfg, size, budget)
@@ -209,7 +209,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
             skipped.append("end-to-end decode comparison: eval_dir is empty (give a folder of JPEG frames)")
     paths = {c.model + ("" if c.backend in c.model else f" ({c.backend})"): c.path for c in cases}
     verdict, notes = cpu_verdict(rows) if cpu_target else ("", [])
-    load = watch.summary()
+    load = {**watch.summary(), "waited_for_slot_s": slot.waited_s}
     if load.get("under_load"):
         top = ", ".join(f"{b['process']} ({b['cores']:.2f} cores)" for b in load["busy"][:3]) or "unnamed processes"
         notes.insert(0, f"taken under load: other processes used {load['others_cores']:.2f} cores on average while "
