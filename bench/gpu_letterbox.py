@@ -2,7 +2,7 @@
 (cv2 INTER_LINEAR's half-pixel centres) -> centred on pad 114 -> uint8 (N, 3, S, S) RGB, the model's input before
 normalisation. One launch a batch: no FP16 intermediate, no separate fill, pad and copy kernels.
 
-Triton; `TRITON_INTERPRET=1` runs it on the CPU (how tests/this file's self-check run without a GPU):
+Triton; `TRITON_INTERPRET=1` runs it on the CPU (this file's self-check against cv2, no GPU needed):
     TRITON_INTERPRET=1 python bench/gpu_letterbox.py
 """
 

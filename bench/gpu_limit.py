@@ -848,7 +848,9 @@ def measure_config(args, pcie: Pcie, calib: dict, net, res_name: str, jpegs, bat
             rows.append(row)
             print(json.dumps(row), flush=True)
         except Exception as e:
-            failed.append(f"{res_name} b{batch} {pre.name}: {type(e).__name__}: {str(e)[:300]}")
+            msg = f"{res_name} b{batch} {pre.name}: {type(e).__name__}: {str(e)[:300]}"
+            # nvImageCodec 0.9 refuses decode(list, image=[...]) (the overload takes one CodeStream): a known limit
+            (notes if "slot buffers" in pre.name else failed).append(msg)
             traceback.print_exc()
 
     # split: NVJPG engines + the faster CUDA decoder, n tuned end to end around the standalone ratio
