@@ -10,11 +10,14 @@
 #                                     .gpuwork/pNN/: DALI and its small pure/compiled needs as one tar in parts;
 #                                     .gpuwork/run/{bench,src}/: this checkout's bench/ and package (the device sends the session's
 #                                     checkout, not a helper's worktree); prints the calls to make
-# There (one device call per part, back to back: the machine stays warm only 30 s after a call, and /tmp lives only
-# as long as the machine):
-#   call 1    carry [.gpuwork/w0, .gpuwork/p00, .gpuwork/run]   bash .gpuwork/run/bench/gpu_carry.sh put 00 ...
-#   call k    carry [.gpuwork/pNN]                               mkdir -p /tmp/parts && cp .gpuwork/pNN/* /tmp/parts/
-#   last call carry [.gpuwork/pLAST, .gpuwork/run]               bash .gpuwork/run/bench/gpu_carry.sh install && ...
+# There (one device call per part, back to back: the machine stays warm only 30 s after a call, /tmp lives as long
+# as the machine, and a carried folder is gone from the device's checkout once a call does not name it):
+#   call 1      carry [.gpuwork/w0, .gpuwork/run]    bash .gpuwork/run/bench/gpu_carry.sh put w0
+#   calls 2-7   carry [.gpuwork/pNN]                 mkdir -p /tmp/parts && cp .gpuwork/pNN/* /tmp/parts/
+#   last call   carry [.gpuwork/p06, .gpuwork/run]   bash .gpuwork/run/bench/gpu_carry.sh put p06 &&
+#               bash .gpuwork/run/bench/gpu_carry.sh install && export PYTHONPATH=/tmp/site
+#               LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib YOLO_OFFLINE=1 && python3 .gpuwork/run/bench/gpu_limit.py ...
+# (w0 with a part would pass 64 MiB.) Measured 2026-12-06 on the lent H100: ~3 s a part call once warm.
 # Call 1 also carries Ultralytics (the bench loads the .pt through it), 1.5 MB.
 # `install` joins the parts, checks the sha256 written by `split`, and installs every wheel with one
 # `pip install --no-index --no-deps --target /tmp/site` (one command: pip --target replaces a namespace folder such
