@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from yolo_compile import accuracy
-from yolo_compile.detections import Detections
+from yolo_compile.evaluate import accuracy
+from yolo_compile.evaluate.detections import Detections
 from yolo_compile.errors import CompareError
 
 
@@ -60,7 +60,7 @@ def test_reference_detector_map_matches_the_recorded_ultralytics_value():
     """Our evaluator against Ultralytics' own val on the reference checkpoint (recorded beside it)."""
     from yolo_compile import images
     from yolo_compile.runs import REPO_ROOT
-    from yolo_compile.export import ExportConfig, run as export
+    from yolo_compile.stages.export import ExportConfig, run as export
 
     meta = json.loads((REPO_ROOT / "models" / "aoi_yolov8n.json").read_text())
     split = accuracy.read_split(REPO_ROOT / "data" / "aoi" / "data.yaml")

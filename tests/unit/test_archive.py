@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from yolo_compile import cli, runs
-from yolo_compile.archive import SIG, verify_run
-from yolo_compile.report import facts, layer_precisions, write_report
+from yolo_compile.report.archive import SIG, verify_run
+from yolo_compile.quant.graph import onnx_layer_precisions as layer_precisions
+from yolo_compile.report.html import facts, write_report
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from yolo_compile import backends
+from yolo_compile.runtimes import registry as backends
+from yolo_compile.runtimes import openvino
 from yolo_compile.errors import CompileError
 
 from conftest import IMGSZ
@@ -64,7 +65,7 @@ def test_missing_or_unknown_backends_say_why(quantized_run):
 def test_openvino_cache_gives_the_converted_model_back_with_identical_outputs(quantized_run, batch, model, tmp_path):
     fresh = backends.open_runner("openvino", quantized_run / model).run(batch)  # no cache: convert_model itself
     try:
-        backends.use_openvino_cache(tmp_path / "ov")
+        openvino.use_openvino_cache(tmp_path / "ov")
         first = backends.open_runner("openvino", quantized_run / model).run(batch)  # converts, then keeps the IR
         entries = list((tmp_path / "ov").iterdir())
         assert len(entries) == 1 and (entries[0] / "model.xml").is_file() and (entries[0] / "model.bin").is_file()
@@ -76,6 +77,6 @@ def test_openvino_cache_gives_the_converted_model_back_with_identical_outputs(qu
         repaired = backends.open_runner("openvino", quantized_run / model).run(batch)  # a damaged entry is replaced
         assert "damaged" not in (entries[0] / "model.xml").read_text()
     finally:
-        backends.use_openvino_cache(None)
+        openvino.use_openvino_cache(None)
     for got in (first, again, repaired):
         np.testing.assert_array_equal(got, fresh)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import bandwidth, traffic
+from yolo_compile.stages import bandwidth
+from yolo_compile.bandwidth import traffic
 from yolo_compile.errors import BandwidthError
 
 from conftest import IMGSZ

@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import build, throughput
+from yolo_compile import fileio
+from yolo_compile.stages import build
+from yolo_compile.stages import throughput
 from yolo_compile.errors import BuildError
 
 from conftest import IMGSZ
@@ -73,9 +75,10 @@ def test_cpu_build_ships_only_a_verified_engine_and_builds_no_other(run_copy):
 
 
 def test_cpu_build_ships_the_faster_verified_engine_and_its_ir_equals_the_verified_model(run_copy, image_sets):
-    from yolo_compile import backends, images, runs
+    from yolo_compile import images, runs
+    from yolo_compile.runtimes import registry as backends
 
-    runs.write_json(run_copy / "compare" / "result.json",
+    fileio.write_json(run_copy / "compare" / "result.json",
                     {"status": "passed", "passed": True, "verified_backends": ["onnxruntime", "openvino"]})
     res = build.run(build.BuildConfig(target="cpu", choice_seconds=0.3), run_copy)
     speeds = res.choice["images_per_s"]
@@ -84,9 +87,9 @@ def test_cpu_build_ships_the_faster_verified_engine_and_its_ir_equals_the_verifi
     assert shown and abs(float(shown.group(1)) - speeds[res.backend]) <= 0.051
     assert res.checks["passed"] and res.checks["max_abs_diff"] <= 1e-3
     # the IR itself, whichever engine shipped: built from the verified Q/DQ ONNX, same outputs on real images
-    from yolo_compile import cpu_engine
+    from yolo_compile.runtimes import openvino
 
-    ir = cpu_engine.build_openvino(run_copy / "quantize" / "model.quant.onnx", run_copy)
+    ir = openvino.build(run_copy / "quantize" / "model.quant.onnx", run_copy, run_copy / "build")
     assert ir.engine == "build/model.xml" and (run_copy / "build" / "model.bin").is_file()
     x = np.stack([images.load_tensor(p, IMGSZ) for p in images.list_images(image_sets["eval"])])
     got = backends.open_runner("openvino", run_copy / ir.engine).run(x)
@@ -95,9 +98,10 @@ def test_cpu_build_ships_the_faster_verified_engine_and_its_ir_equals_the_verifi
 
 
 def test_cpu_build_without_openvino_falls_back_to_onnxruntime_with_the_reason(run_copy, monkeypatch):
-    from yolo_compile import cpu_engine, runs
+    from yolo_compile import runs
+    from yolo_compile.stages import build_cpu as cpu_engine
 
-    runs.write_json(run_copy / "compare" / "result.json",
+    fileio.write_json(run_copy / "compare" / "result.json",
                     {"status": "passed", "passed": True, "verified_backends": ["onnxruntime", "openvino"]})
     real = cpu_engine.available
     monkeypatch.setattr(cpu_engine, "available", lambda n: (False, "the Python package 'openvino' is not installed")

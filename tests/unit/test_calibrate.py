@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import calibrate, images, runs
+from yolo_compile import fileio, images
+from yolo_compile.stages import calibrate
 from yolo_compile.errors import CalibrationError
 
 from conftest import IMGSZ
@@ -17,16 +18,16 @@ def test_calibration_array_is_memory_mapped_and_matches_preprocessing(quantized_
     assert res["array"].endswith(f"tensors/{res['key']}.npy") and not list(quantized_run.rglob("*.npy"))
     first = image_sets["calib"] / res["files"][0]["file"]
     assert np.array_equal(images.to_float(arr[:1])[0], images.load_tensor(first, IMGSZ))
-    assert res["files"][0]["sha256"] == runs.sha256(first)
+    assert res["files"][0]["sha256"] == fileio.sha256(first)
     assert res["available"] == 10
 
 
 def test_sampling_is_deterministic_and_seeded():
     paths = [f"p{i}" for i in range(50)]
-    assert calibrate.sample(paths, 10, 0) == calibrate.sample(paths, 10, 0)
-    assert calibrate.sample(paths, 10, 0) != calibrate.sample(paths, 10, 1)
-    assert calibrate.sample(paths, 10, 0) == sorted(calibrate.sample(paths, 10, 0), key=paths.index)
-    assert calibrate.sample(paths, 80, 0) == paths
+    assert images.sample(paths, 10, 0) == images.sample(paths, 10, 0)
+    assert images.sample(paths, 10, 0) != images.sample(paths, 10, 1)
+    assert images.sample(paths, 10, 0) == sorted(images.sample(paths, 10, 0), key=paths.index)
+    assert images.sample(paths, 80, 0) == paths
 
 
 def test_empty_folder_is_refused(run_copy, tmp_path):

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import compare
+from yolo_compile.evaluate import tensors
+from yolo_compile.stages import compare
 from yolo_compile.errors import CompareError, ConfigError
 
 
@@ -17,7 +18,7 @@ def _outputs(anchors=50, classes=3, seed=0):
 
 
 def _judge(ref, test, **kw):
-    func = compare.YoloCompareFunc(**{"box_atol": 2.0, "score_atol": 0.05, "conf": 0.25, **kw})
+    func = tensors.YoloCompareFunc(**{"box_atol": 2.0, "score_atol": 0.05, "conf": 0.25, **kw})
     verdict = func({"output0": ref}, {"output0": test})
     return verdict, func.summary()
 
@@ -137,8 +138,10 @@ def test_labeled_images_used_for_calibration_are_refused(run_copy, image_sets, t
 @pytest.fixture(scope="module")
 def reference_int8_run(tmp_path_factory):
     """The reference AOI detector, exported at 640 and quantized all-INT8 (head too) from 16 frames."""
-    from yolo_compile import calibrate, export, quantize
-    from yolo_compile.workflow import reference_defaults
+    from yolo_compile.stages import calibrate
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
+    from yolo_compile.pipeline.workflow import reference_defaults
 
     ref = reference_defaults()
     run_dir = tmp_path_factory.mktemp("reference")
@@ -177,3 +180,13 @@ def test_reference_map_moves_the_gate_bar_to_the_original_model(reference_int8_r
         compare.run(compare.CompareConfig(**{**cfg, "map_drop_max": own["drop_points"] + 1.0}, reference_map=bar), run_dir)
     with pytest.raises(ConfigError, match="reference_map"):
         compare.CompareConfig(**cfg, reference_map=1.5)
+
+
+def test_verified_runtimes_are_derived_from_typed_checks_not_report_text():
+    by_backend = {"openvino": {"drop_points": 0.3}, "onnxruntime": {"drop_points": 2.5}}
+    checks = compare.runtime_checks("openvino", True, by_backend, ["openvino"])
+    assert {b: [c.passed for c in cs] for b, cs in checks.items()} == {"openvino": [True, True], "onnxruntime": [False]}
+    assert "; ".join(c.text for c in checks["openvino"]) == \
+        "Polygraphy tensor comparison and detection agreement; mAP gate passed (drop 0.30 points)"
+    failed_tensors = compare.runtime_checks("openvino", False, by_backend, ["openvino", "onnxruntime"])
+    assert [c.passed for c in failed_tensors["openvino"]] == [False, True]

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from yolo_compile import conveyor, delta
+from yolo_compile.reference import conveyor
+from yolo_compile.bandwidth import delta
 
 SMALL = conveyor.Conveyor(frame_size=(320, 240), speed_px=16, move_frames=3, dwell_frames=2, gap_px=32)
 

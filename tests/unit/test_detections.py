@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from yolo_compile.detections import Detections, agreement, box_iou, decode
+from yolo_compile.evaluate.detections import Detections, agreement, box_iou, decode
 
 
 def _raw(boxes_cxcywh, class_scores, anchors=10, classes=3):
@@ -48,7 +48,7 @@ def test_batched_nms_keeps_exactly_what_torchvision_keeps(n, max_det):
     import torch
     from torchvision.ops import batched_nms as tv_batched_nms
 
-    from yolo_compile.detections import batched_nms
+    from yolo_compile.evaluate.detections import batched_nms
 
     rng = np.random.default_rng(n + max_det)
     xy = rng.uniform(-20, 620, (n, 2)).astype(np.float32)  # some corners off the frame, as YOLO boxes can be
@@ -68,7 +68,7 @@ def test_batched_nms_keeps_exactly_what_torchvision_keeps(n, max_det):
 
 
 def test_batched_nms_of_nothing_is_empty():
-    from yolo_compile.detections import batched_nms
+    from yolo_compile.evaluate.detections import batched_nms
 
     kept = batched_nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), 0.7)
     assert kept.shape == (0,) and kept.dtype == np.int64

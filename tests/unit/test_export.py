@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from yolo_compile import export
+from yolo_compile.stages import export
 from yolo_compile.errors import ExportError
 
 from conftest import IMGSZ

@@ -5,8 +5,8 @@ import json
 import nbformat
 import papermill as pm
 
-from yolo_compile import kernels
-from yolo_compile.workflow import KERNEL_ARGS
+from yolo_compile.pipeline import kernels
+from yolo_compile.pipeline.workflow import KERNEL_ARGS
 
 
 def test_a_kernel_started_ahead_has_its_imports_and_no_names_and_counts_from_one(tmp_path):
@@ -22,7 +22,7 @@ def test_a_kernel_started_ahead_has_its_imports_and_no_names_and_counts_from_one
             "names = ','.join(sorted(k for k in globals() if not k.startswith('_') and k not in skip))\n"
             "import threading\n"
             "warm = any(t.name == 'yolo-compile-warm' for t in threading.enumerate())\n"
-            "print('cv2' in sys.modules, 'yolo_compile.calibrate' in sys.modules, os.getcwd(), names, warm, sep='|')")
+            "print('cv2' in sys.modules, 'yolo_compile.stages.calibrate' in sys.modules, os.getcwd(), names, warm, sep='|')")
     nb.cells = [nbformat.v4.new_code_cell(code)]
     src, out = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)

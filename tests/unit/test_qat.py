@@ -6,7 +6,10 @@ import numpy as np
 import onnx
 import pytest
 
-from yolo_compile import qat, qat_recipe, runs
+from yolo_compile import fileio, runs
+from yolo_compile.qat import finetune as qat
+from yolo_compile.qat import recipe as qat_recipe
+from yolo_compile import errors
 from yolo_compile.errors import CompileError, ConfigError
 
 from conftest import IMGSZ
@@ -88,17 +91,17 @@ def test_calibration_array_rereads_the_listed_images_and_checks_them(run_copy, i
     other.mkdir()
     for f in cal["files"]:
         (other / f["file"]).write_bytes((image_sets["eval"] / sorted(p.name for p in image_sets["eval"].iterdir())[0]).read_bytes())
-    with pytest.raises(qat.QatError, match="differ"):
+    with pytest.raises(errors.QatError, match="differ"):
         qat.calibration_array(run_copy, str(other))
 
 
 def test_config_refuses_bad_input(run_copy, image_sets, tiny_checkpoint, tmp_path):
     run = _with_manifest(run_copy, tiny_checkpoint, image_sets)
-    with pytest.raises(qat.QatError, match="not a compile run"):
+    with pytest.raises(errors.QatError, match="not a compile run"):
         qat.QatConfig(run_dir=str(tmp_path), train_data=str(image_sets["data"]))
-    with pytest.raises(qat.QatError, match="data.yaml not found"):
+    with pytest.raises(errors.QatError, match="data.yaml not found"):
         qat.QatConfig(run_dir=str(run), train_data=str(tmp_path / "none.yaml"))
-    with pytest.raises(qat.QatError, match="one method"):
+    with pytest.raises(errors.QatError, match="one method"):
         qat.QatConfig(run_dir=str(run), train_data=str(image_sets["data"]), calibration="max backbone + entropy")
     with pytest.raises(ConfigError, match="epochs"):
         qat.QatConfig(run_dir=str(run), train_data=str(image_sets["data"]), epochs=0)
@@ -120,7 +123,7 @@ def test_refuses_without_cuda_in_one_line(run_copy, image_sets, tiny_checkpoint,
 
 
 def test_compile_command_reenters_the_ordinary_compile(run_copy, image_sets, tiny_checkpoint, tmp_path):
-    from yolo_compile.workflow import load_workflow, resolve_params
+    from yolo_compile.pipeline.workflow import load_workflow, resolve_params
 
     run = _with_manifest(run_copy, tiny_checkpoint, image_sets)
     new = tmp_path / "tiny-qat.pt"
@@ -138,7 +141,7 @@ def test_compile_command_reenters_the_ordinary_compile(run_copy, image_sets, tin
     assert "reference_map" not in sets  # this run's compare measured no mAP: nothing to judge against
     from yolo_compile import runs
 
-    runs.write_json(run / "compare" / "result.json", {"status": "failed", "accuracy": {"fp32": {"map50_95": 0.79471}}})
+    fileio.write_json(run / "compare" / "result.json", {"status": "failed", "accuracy": {"fp32": {"map50_95": 0.79471}}})
     words = shlex.split(qat_recipe.compile_command(run, new))
     sets = dict(w.split("=", 1) for w in words[words.index("--set") + 1::2])
     assert sets["reference_map"] == "0.7947"  # the QAT compile's gate: the original model's mAP, not its own FP32
@@ -183,10 +186,11 @@ def test_a_gate_that_fails_after_the_search_names_the_qat_command(run_copy, imag
     """compare's result, its error, the report and the CLI carry the study's next step (the study itself is slow)."""
     import json
 
-    from yolo_compile import compare, study
+    from yolo_compile.stages import compare
+    from yolo_compile.quant import study
     from yolo_compile.cli import _print_next_step
     from yolo_compile.errors import CompareError
-    from yolo_compile.report import write_report
+    from yolo_compile.report.html import write_report
 
     failed = {"search": {"passed": False, "steps": [], "next_step": qat_recipe.next_step(run_copy, str(image_sets["data"]))}}
     monkeypatch.setattr(study.Study, "run", lambda self, deep: ([], failed if deep else {}, []))

@@ -7,9 +7,13 @@ import numpy as np
 import pytest
 
 from conftest import IMGSZ, make_confident_run
-from yolo_compile import accuracy, images, quantize, runs, scales
-from yolo_compile.recipe_search import Recipe, best_first, monotone_violations
-from yolo_compile.recipe_space import Space
+from yolo_compile import fileio, images, runs
+from yolo_compile.evaluate import accuracy
+from yolo_compile.stages import quantize
+from yolo_compile.quant import graph, modelopt
+from yolo_compile.quant import scales
+from yolo_compile.quant.recipe_search import Recipe, best_first, monotone_violations
+from yolo_compile.quant.recipe_space import Space
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +34,11 @@ def space(confident, tmp_path_factory):
     src = work / "model.onnx"
     shutil.copyfile(run / exp["onnx"], src)
     graph = onnx.load(str(src), load_external_data=False).graph
-    head = quantize.find_head(graph, int(exp["head_index"]))
-    exclude = [re.escape(n) + "$" for n in head.kept_float + quantize.find_stem(graph, exp["input_name"])]
+    head = graph.find_head(graph, int(exp["head_index"]))
+    exclude = [re.escape(n) + "$" for n in head.kept_float + graph.find_stem(graph, exp["input_name"])]
     data = np.load(run / runs.read_result(run, "calibrate")["array"], mmap_mode="r")
     template = work / "template.onnx"
-    quantize.modelopt_quantize(src, template, data[:1], exp, "max", "fp32", exclude=exclude)
+    modelopt.modelopt_quantize(src, template, data[:1], exp, "max", "fp32", exclude=exclude)
     raw = scales.ActivationStats.load(run / "quantize" / "activations.npz")
     sp = Space(src, template, raw, exclude, exp, "fp32", data, work, ("max", "entropy", "percentile-99.99"))
     arr = np.stack([images.load_tensor(p, IMGSZ) for p in images.list_images(held_out) + images.list_images(more)])
@@ -64,7 +68,7 @@ def test_recipes_are_canonical_and_equal_recipes_build_the_same_file(space, tmp_
     every = Recipe.of("max", overrides={name: "percentile-99.99" for name in space.groups})
     space.build(every, tmp_path / "every.onnx")
     space.build(Recipe.of("percentile-99.99"), tmp_path / "uniform.onnx")
-    assert runs.sha256(tmp_path / "every.onnx") == runs.sha256(tmp_path / "uniform.onnx")
+    assert fileio.sha256(tmp_path / "every.onnx") == fileio.sha256(tmp_path / "uniform.onnx")
     # one override changes only the scales of the tensors that group reads
     one = Recipe.of("max", overrides={"model.2": "percentile-99.99"})
     space.build(one, tmp_path / "one.onnx")

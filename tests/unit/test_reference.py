@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from yolo_compile import reference as ref
+from yolo_compile import errors
+from yolo_compile.reference import tasks as ref
 
 CALIB_MANIFEST = ref.REFERENCE_CALIB / "manifest.json"
 VAL_MANIFEST = ref.REFERENCE_DATA.parent / "manifest.json"
@@ -147,7 +148,7 @@ def test_reference_model_checksum(tmp_path):
         byte = f.read(1)
         f.seek(1000)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(ref.ReferenceAssetError, match="sha256"):
+    with pytest.raises(errors.ReferenceAssetError, match="sha256"):
         ref.verify_reference_model(tampered, ref.REFERENCE_MODEL_CARD)
 
 
@@ -188,7 +189,7 @@ def test_binary_task_rng_stream_is_its_own():
 
 def test_binary_workflow_brings_its_own_reference_set():
     from yolo_compile.errors import ConfigError
-    from yolo_compile.workflow import load_workflow, resolve_params
+    from yolo_compile.pipeline.workflow import load_workflow, resolve_params
 
     wf = load_workflow("binary-aoi")
     p = resolve_params(wf, {})
@@ -206,7 +207,7 @@ def test_binary_aoi_default_compile_passes_where_entropy_calibration_fails(tmp_p
     Its frames are exactly two-valued, like real thresholded template-difference images, on which entropy
     calibration clips the activations: the measurement (not a fixed method) has to find that out.
     """
-    from yolo_compile.workflow import run_workflow
+    from yolo_compile.pipeline.workflow import run_workflow
 
     run_dir, manifest = run_workflow("binary-aoi", {"target": "cpu"}, tmp_path / "runs")
     assert manifest["status"] == "passed", manifest

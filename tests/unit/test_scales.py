@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import activation_scales
-from yolo_compile import quantize, scales
+from yolo_compile.quant import modelopt
+from yolo_compile.quant import scales
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +18,9 @@ def setup(quantized_run, tmp_path_factory):
     cal = json.loads((quantized_run / "calibrate" / "result.json").read_text())
     data = np.load(quantized_run / cal["array"], mmap_mode="r")  # uint8 in the shared cache
     ref = tmp / "modelopt_max.onnx"  # ModelOpt's own max calibration over all images (FP32 weights on disk)
-    quantize.modelopt_quantize(fp32, ref, data, exp, "max", "fp32")
+    modelopt.modelopt_quantize(fp32, ref, data, exp, "max", "fp32")
     template = tmp / "template.onnx"  # placement only: one image
-    quantize.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp32")
+    modelopt.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp32")
     stats = scales.collect(fp32, list(scales.activation_qdq(template)), data, batch=3)
     stats = scales.merged(stats, scales.shared_groups(fp32, template))
     return {"exp": exp, "fp32": fp32, "data": data, "ref": ref, "template": template, "stats": stats, "tmp": tmp}
@@ -78,8 +79,8 @@ def test_fp16_template_scales_reach_quantize_and_dequantize_alike(setup, tmp_pat
 
     exp, fp32, data = setup["exp"], setup["fp32"], setup["data"]
     ref, template, ours = tmp_path / "ref16.onnx", tmp_path / "tpl16.onnx", tmp_path / "ours16.onnx"
-    quantize.modelopt_quantize(fp32, ref, data, exp, "max", "fp16")
-    quantize.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp16")
+    modelopt.modelopt_quantize(fp32, ref, data, exp, "max", "fp16")
+    modelopt.modelopt_quantize(fp32, template, data[:1], exp, "max", "fp16")
     stats = scales.collect(fp32, list(scales.activation_qdq(template)), data, batch=3)
     stats = scales.merged(stats, scales.shared_groups(fp32, template))
     scales.apply(template, scales.thresholds(stats, "max"), ours)

@@ -1,7 +1,9 @@
 import pytest
 
 from conftest import activation_scales
-from yolo_compile import quantize, sensitivity
+from yolo_compile.stages import quantize
+from yolo_compile.quant import graph
+from yolo_compile.quant import sensitivity
 
 
 @pytest.fixture(scope="module")
@@ -15,35 +17,12 @@ def int8_all(quantized_run, tmp_path_factory):
 
 
 def test_layer_groups_follow_modules_and_split_the_head(int8_all):
-    _, quantized = quantize.inspect_qdq(int8_all / "quantize" / "model.quant.onnx")
+    _, quantized = graph.inspect_qdq(int8_all / "quantize" / "model.quant.onnx")
     groups = sensitivity.layer_groups(quantized, 22)
     names = [g.name for g in groups]
     assert names[0] == "model.0" and "head cv2.0" in names and "head cv3.2" in names
     assert names.index("model.21") < names.index("head cv2.0")
     assert sum(len(g.nodes) for g in groups) == len(quantized)
-
-
-def test_calibration_cache_reproduces_the_full_calibration_from_one_image(int8_all, tmp_path):
-    import json
-
-    import numpy as np
-
-    src = int8_all / "quantize" / "model.quant.onnx"
-    cache = tmp_path / "calib.cache"
-    n = sensitivity.write_cache(src, cache)
-    assert n == len(activation_scales(src)) > 50
-    exp = json.loads((int8_all / "export" / "result.json").read_text())
-    from yolo_compile import images
-
-    cal = json.loads((int8_all / "calibrate" / "result.json").read_text())
-    data = images.to_float(np.load(cal["array"], mmap_mode="r")[:1])
-    one = tmp_path / "one.onnx"
-    quantize.modelopt_quantize(int8_all / "export" / "model.onnx", one, data[:1], exp, "entropy", "fp32", cache=cache)
-    assert activation_scales(one) == pytest.approx(activation_scales(src))
-    excl = tmp_path / "excl.onnx"
-    quantize.modelopt_quantize(int8_all / "export" / "model.onnx", excl, data[:1], exp, "entropy", "fp32", cache=cache,
-                               exclude=[r"/model\.0/conv/Conv$"])
-    assert "/model.0/conv/Conv" not in quantize.inspect_qdq(excl)[1]
 
 
 def test_search_keeps_the_fewest_ranked_groups_that_pass():
@@ -63,16 +42,13 @@ def test_search_keeps_the_fewest_ranked_groups_that_pass():
     assert not sensitivity.search(ranked, groups, lambda e: 5.0, 1.0, 2)["passed"]
 
 
-def test_cache_names_the_fp32_input_even_when_an_fp16_model_quantized_its_cast(quantized_run, tmp_path):
+def test_an_fp16_head_model_quantizes_the_cast_copy_of_its_input(quantized_run, tmp_path):
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(quantized_run, run)
     res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="int8", calibration_method="max", quantizer="modelopt"), run)
     assert "images_cast_to_fp16" in activation_scales(run / res.onnx)
-    sensitivity.write_cache(run / res.onnx, tmp_path / "c.cache")
-    names = [line.split(":")[0] for line in (tmp_path / "c.cache").read_text().splitlines()[1:]]
-    assert "images" in names and not any(n.endswith("_cast_to_fp16") for n in names)
 
 
 def test_search_backtracks_from_a_step_that_makes_things_worse():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from yolo_compile import threads
+from yolo_compile.pipeline import threads
 from yolo_compile.errors import CompileError
 
 

@@ -5,7 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from yolo_compile import build, export, frames, images, throughput
+from yolo_compile import images
+from yolo_compile.stages import build
+from yolo_compile.stages import export
+from yolo_compile.gpu import frames
+from yolo_compile.stages import throughput
 from yolo_compile.errors import ExportError, ThroughputError
 
 from conftest import IMGSZ

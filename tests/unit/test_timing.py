@@ -2,7 +2,7 @@
 
 import time
 
-from yolo_compile import timing
+from yolo_compile.runtimes import timing
 
 
 def busy(seconds: float) -> None:
