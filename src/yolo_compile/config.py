@@ -12,6 +12,15 @@ from yolo_compile.errors import ConfigError
 TARGETS = ("auto", "tensorrt", "cpu")
 
 
+def path_field(default: Any = dataclasses.MISSING, *, kind: str = "file") -> Any:
+    """Declare a config field whose value names a file or folder: the one declaration the workflow (relative paths,
+    the manifest's inputs), validation and the stage key (its content hashed) all read, through
+    pipeline.registry.path_params. kind 'json': a path only when the value ends with .json (else text)."""
+    if kind not in ("file", "json"):
+        raise ValueError(f"path_field kind {kind!r}: expected 'file' or 'json'")
+    return dataclasses.field(default=default, metadata={"path": kind})
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Return value converted to the field type, or raise ConfigError naming the parameter."""
     origin = typing.get_origin(kind)

@@ -67,3 +67,14 @@ def test_importing_the_package_loads_no_heavy_backend():
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_path_parameters_are_declared_once_on_the_config_fields():
+    """The workflow, validation and the stage key read one declaration (config.path_field), not lists of names."""
+    from yolo_compile.pipeline import registry as stage_registry
+    from yolo_compile.pipeline.workflow import file_params
+
+    assert stage_registry.path_params() == {"model": "file", "calib_dir": "file", "keep_float": "json", "data": "file",
+                                            "eval_dir": "file", "timing_cache": "file"}
+    assert file_params() == ["model", "calib_dir", "data", "eval_dir", "timing_cache"]
+    assert stage_registry.is_path("keep_float", "a/nodes.json") and not stage_registry.is_path("keep_float", "/model.0/")

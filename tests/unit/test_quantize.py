@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 from yolo_compile.stages import quantize
-from yolo_compile.quant import graph
+from yolo_compile.quant import graph as qgraph
 from yolo_compile.errors import QuantizeError
 
 
@@ -12,12 +12,12 @@ def test_mixed_recipe_quantizes_backbone_and_keeps_head_float(quantized_run):
     res = json.loads((quantized_run / "quantize" / "result.json").read_text())
     assert res["recipe"] == "mixed" and res["high_precision_dtype"] == "fp32" and res["calibration_images"] == 8
     assert res["op_counts"]["QuantizeLinear"] > 50
-    ops, quantized = graph.inspect_qdq(quantized_run / res["onnx"])
+    ops, quantized = qgraph.inspect_qdq(quantized_run / res["onnx"])
     assert any(n.startswith("/model.1/") for n in quantized)
     graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
-    head = graph.find_head(graph, 22)
+    head = qgraph.find_head(graph, 22)
     assert not set(quantized) & set(head.kept_float)
-    assert res["stem_nodes"] == list(graph.find_stem(graph, "images")) == ["/model.0/conv/Conv"]
+    assert res["stem_nodes"] == list(qgraph.find_stem(graph, "images")) == ["/model.0/conv/Conv"]
     assert "/model.0/conv/Conv" not in quantized
     assert len(head.output_convs) == 6 and head.dfl and any("Softmax" in n for n in head.dfl + head.decode)
 
@@ -39,7 +39,7 @@ def test_tensorrt_target_keeps_the_head_in_fp16(run_copy):
     # the decode (box corners in pixels) computes in FP32: FP16's 0.25-0.5 px spacing at 320-640 px costs mAP50-95
     typed = onnx.shape_inference.infer_shapes(model)
     elem = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
-    head = graph.find_head(model.graph, 22)
+    head = qgraph.find_head(model.graph, 22)
     decode_out = [o for n in model.graph.node if n.name in head.decode and n.op_type in ("Sub", "Add", "Mul", "Div")
                   for o in n.output]
     assert decode_out and all(elem[o] == onnx.TensorProto.FLOAT for o in decode_out)
@@ -62,18 +62,18 @@ def test_refuses_to_quantize_without_calibration_data(run_copy):
 def test_head_lookup_refuses_a_non_ultralytics_graph(quantized_run):
     graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
     with pytest.raises(QuantizeError, match="/model.99/"):
-        graph.find_head(graph, 99)
+        qgraph.find_head(graph, 99)
 
 
 def test_check_recipe_catches_a_leaked_head_node():
-    head = graph.HeadNodes(("/model.22/cv2.0/cv2.0.2/Conv",), (), (), ())
+    head = qgraph.HeadNodes(("/model.22/cv2.0/cv2.0.2/Conv",), (), (), ())
     from collections import Counter
 
     ops = Counter({"QuantizeLinear": 3, "DequantizeLinear": 3})
     with pytest.raises(QuantizeError, match="head or stem nodes were quantized"):
-        graph.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
+        qgraph.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
     with pytest.raises(QuantizeError, match="no Q/DQ"):
-        graph.check_recipe("int8", Counter(), [], head, "m.onnx")
+        qgraph.check_recipe("int8", Counter(), [], head, "m.onnx")
 
 
 def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):

@@ -10,7 +10,7 @@ from conftest import IMGSZ, make_confident_run
 from yolo_compile import fileio, images, runs
 from yolo_compile.evaluate import accuracy
 from yolo_compile.stages import quantize
-from yolo_compile.quant import graph, modelopt
+from yolo_compile.quant import graph as qgraph, modelopt
 from yolo_compile.quant import scales
 from yolo_compile.quant.recipe_search import Recipe, best_first, monotone_violations
 from yolo_compile.quant.recipe_space import Space
@@ -34,8 +34,8 @@ def space(confident, tmp_path_factory):
     src = work / "model.onnx"
     shutil.copyfile(run / exp["onnx"], src)
     graph = onnx.load(str(src), load_external_data=False).graph
-    head = graph.find_head(graph, int(exp["head_index"]))
-    exclude = [re.escape(n) + "$" for n in head.kept_float + graph.find_stem(graph, exp["input_name"])]
+    head = qgraph.find_head(graph, int(exp["head_index"]))
+    exclude = [re.escape(n) + "$" for n in head.kept_float + qgraph.find_stem(graph, exp["input_name"])]
     data = np.load(run / runs.read_result(run, "calibrate")["array"], mmap_mode="r")
     template = work / "template.onnx"
     modelopt.modelopt_quantize(src, template, data[:1], exp, "max", "fp32", exclude=exclude)

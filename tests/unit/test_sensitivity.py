@@ -2,7 +2,7 @@ import pytest
 
 from conftest import activation_scales
 from yolo_compile.stages import quantize
-from yolo_compile.quant import graph
+from yolo_compile.quant import graph as qgraph
 from yolo_compile.quant import sensitivity
 
 
@@ -17,7 +17,7 @@ def int8_all(quantized_run, tmp_path_factory):
 
 
 def test_layer_groups_follow_modules_and_split_the_head(int8_all):
-    _, quantized = graph.inspect_qdq(int8_all / "quantize" / "model.quant.onnx")
+    _, quantized = qgraph.inspect_qdq(int8_all / "quantize" / "model.quant.onnx")
     groups = sensitivity.layer_groups(quantized, 22)
     names = [g.name for g in groups]
     assert names[0] == "model.0" and "head cv2.0" in names and "head cv3.2" in names

@@ -38,7 +38,8 @@ def warm_lines(stage: str) -> str:
     """Return the start-up code that imports a stage's modules (`warm`) and leaves no name behind."""
     from yolo_compile.pipeline import registry
 
-    mods = COMMON + (registry.get(stage).module.__name__,) + WARM.get(stage, ())
+    own = (registry.REGISTRY[stage].module.__name__,) if stage in registry.REGISTRY else ()  # unknown: nothing to warm
+    mods = COMMON + own + WARM.get(stage, ())
     return f"import {__name__} as _yc_warm\n_yc_warm.warm({mods!r})\ndel _yc_warm"
 
 

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from yolo_compile import STAGES, resources
 from yolo_compile.errors import WorkflowError
@@ -57,6 +58,25 @@ def get(stage: str) -> Stage:
 def config_class(stage: str) -> type:
     """Return the config dataclass of a stage."""
     return get(stage).config
+
+
+def path_params() -> dict[str, str]:
+    """Return {name: kind} of every parameter a stage config declares with config.path_field, in stage order.
+
+    kind 'file': always a file or folder; 'json': a path only when the value ends with .json (keep_float).
+    """
+    found: dict[str, str] = {}
+    for stage in REGISTRY.values():
+        for f in dataclasses.fields(stage.config):
+            if f.metadata.get("path"):
+                found.setdefault(f.name, f.metadata["path"])
+    return found
+
+
+def is_path(name: str, value: Any) -> bool:
+    """Return whether a parameter's value names a file or folder (see path_params)."""
+    kind = path_params().get(name)
+    return kind == "file" or (kind == "json" and str(value).endswith(".json"))
 
 
 def stage_params(stage: str, params: dict) -> dict:

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from yolo_compile import fileio, resources, runs
+from yolo_compile.pipeline import registry
 
 log = logging.getLogger(__name__)
 KEY_VERSION = 1
-PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache", "keep_float")
 # Parameters that change how a stage runs, never what it writes: left out of its key, so a warm re-run that only
 # changes them is a cache hit (the study on Ray gives the serial study's scales and scores: tests/cluster).
 RUN_ONLY_PARAMS = ("study_workers",)
@@ -94,7 +94,7 @@ def _folder_digest(folder: Path) -> str:
 def stage_key(stage: str, params: dict[str, Any], upstream: dict[str, dict]) -> tuple[str, dict]:
     """Return (key, what went into it) for a stage with these typed parameters after these earlier stages' outputs."""
     params = {k: v for k, v in fileio.to_jsonable(params).items() if k not in RUN_ONLY_PARAMS}
-    inputs = {k: input_digest(k, str(v)) for k, v in sorted(params.items()) if k in PATH_PARAMS and v}
+    inputs = {k: input_digest(k, str(v)) for k, v in sorted(params.items()) if k in registry.path_params() and v}
     parts = {"version": KEY_VERSION, "stage": stage, "params": params, "inputs": inputs,
              "upstream": {s: {f: o["sha256"] for f, o in sorted(outs.items())} for s, outs in upstream.items()},
              **environment()}

@@ -22,7 +22,11 @@ from yolo_compile.errors import ConfigError, WorkflowError
 log = logging.getLogger(__name__)
 NOTEBOOKS = resources.path("notebooks")
 WORKFLOWS = resources.path("workflows")
-PATH_PARAMS = ("model", "calib_dir", "eval_dir", "data", "timing_cache")
+
+
+def file_params() -> list[str]:
+    """Return the parameters that always name a file or folder (declared with config.path_field)."""
+    return [k for k, kind in registry.path_params().items() if kind == "file"]
 
 
 def reference_defaults() -> dict[str, str]:
@@ -54,7 +58,7 @@ def load_workflow(name_or_path: str | Path) -> dict:
     if bad or list(stages) != sorted(stages, key=STAGES.index):
         raise WorkflowError(f"{path}: stages must be an ordered subset of {', '.join(STAGES)}; got {stages}")
     params = dict(wf.get("params") or {})
-    for key in PATH_PARAMS:  # a relative path in a workflow file is relative to that file, not to the cwd
+    for key in file_params():  # a relative path in a workflow file is relative to that file, not to the cwd
         value = params.get(key)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and not _is_builtin_yaml(value):
             params[key] = str((path.parent / value).resolve())
@@ -86,11 +90,9 @@ def resolve_params(wf: dict, overrides: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if str(params.get("keep_float", "")).endswith(".json"):  # a file, not regexes: the kernels run in the run folder
-        params["keep_float"] = str(Path(params["keep_float"]).expanduser().resolve())
-    for key in PATH_PARAMS:
-        if params.get(key):
-            params[key] = str(Path(params[key]).expanduser().resolve()) if not _is_builtin_yaml(params[key]) else params[key]
+    for key in registry.path_params():  # absolute: the kernels run in the run folder (keep_float: when a .json file)
+        if params.get(key) and registry.is_path(key, params[key]) and not _is_builtin_yaml(str(params[key])):
+            params[key] = str(Path(params[key]).expanduser().resolve())
     typed: dict[str, Any] = {}
     for stage in wf["stages"]:  # fail before any notebook runs: every stage's config must build
         cfg = build(config_class(stage), stage_params(stage, params))
@@ -125,7 +127,7 @@ def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     fingerprint = {"workflow": wf["name"], "params": params,
                    "model_sha256": fileio.sha256(model) if model.is_file() else params["model"]}
     run_dir = runs.new_run_dir(root, fingerprint)
-    inputs = {k: params[k] for k in PATH_PARAMS if params.get(k) and Path(params[k]).exists()}
+    inputs = {k: params[k] for k in file_params() if params.get(k) and Path(params[k]).exists()}
     runs.init_manifest(run_dir, wf["name"], params, inputs)
     manifest = runs.read_manifest(run_dir)
     manifest.update(workflow_path=wf["path"], stage_list=wf["stages"], timeouts=wf.get("timeouts", {}))

@@ -10,6 +10,7 @@ variants were built right; their step scores were what misled (see `sensitivity.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -28,14 +29,20 @@ log = logging.getLogger(__name__)
 
 
 class Study:
-    """Everything the compare stage measures beyond tensor errors, sharing one labeled array and one calibration."""
+    """Everything the compare stage measures beyond tensor errors, sharing one labeled array and one calibration.
+
+    A context manager: entering reads the run folder and makes the private working copy of the FP32 model (the
+    constructor does no I/O), leaving removes it. `fanout`, where given, is how the sensitivity's variants run in
+    parallel: a callable (study) -> context manager yielding an executor with verdicts/drops/describe, or None for
+    the serial study (study_ray.fan_out is the Ray one).
+    """
 
     def __init__(self, cfg, run_dir: Path, exp: dict, quant: dict, eval_array: np.ndarray, fp32_eval: np.ndarray,
-                 calib_sha: set[str]):
+                 calib_sha: set[str], *, fanout=None):
         from yolo_compile.quant.sensitivity import OutputJudge
 
-        self.cfg, self.run_dir, self.exp, self.quant = cfg, run_dir, exp, quant
-        self.dir = runs.stage_dir(run_dir, "compare")
+        self.cfg, self.run_dir, self.exp, self.quant = cfg, Path(run_dir), exp, quant
+        self.dir = self.run_dir / "compare"
         self.size, self.input = int(exp["imgsz"]), exp["input_name"]
         self.names = {int(k): v for k, v in exp["class_names"].items()}
         self.eval_array, self.calib_sha = eval_array, calib_sha
@@ -45,29 +52,41 @@ class Study:
         self.skipped: list[str] = []
         self.split = self.val = None
         self.map_cache: dict[str, dict] = {}
+        self.calib: dict | None = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
+        self.src = Path()  # the private copy of the FP32 model, made on entering
+        self.stats = None
+        self.noise = None
+        # The study's variants score on ONNX Runtime, whose Q/DQ arithmetic is the reference. The gate measures the
+        # runtime that ships for the target (OpenVINO on a CPU target where installed: runtimes.registry.scoring_backend),
+        # plus any named in gate_runtimes (those installed), so the engine that ships is the model the gate evaluated.
+        self.backend = "onnxruntime"
+        self.gate_backends: list[str] = []
+        self.verified: list[str] = []
+        self.fanout = fanout
+        self.fan = None  # the executor while the sensitivity runs in parallel (study_workers > 1 or a cluster)
+
+    def __enter__(self) -> "Study":
+        import shutil
+
+        from yolo_compile.runtimes.registry import available, scoring_backend
+
+        self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.calib = runs.require_passed(run_dir, "calibrate")
+            self.calib = runs.require_passed(self.run_dir, "calibrate")
         except RunFolderError:
             self.calib = None
         self.tmp = tempfile.TemporaryDirectory(prefix="yolo-study-")
         self.src = Path(self.tmp.name) / "model.onnx"  # ModelOpt works on a copy: export/ is never written
-        import shutil
-
         shutil.copyfile(self.fp32, self.src)
-        self.stats = None
-        self.noise = None
-        from yolo_compile.runtimes.registry import available
-
-        # The study's variants score on ONNX Runtime, whose Q/DQ arithmetic is the reference. The gate measures the
-        # runtime that ships for the target (OpenVINO on a CPU target where installed: runtimes.registry.scoring_backend),
-        # plus any named in gate_runtimes, so the engine that ships is the model the gate evaluated.
-        from yolo_compile.runtimes.registry import scoring_backend
-
-        self.backend = "onnxruntime"
-        wanted = [scoring_backend(quant.get("target", "cpu"))] + list(getattr(cfg, "gate_runtimes", ()) or ())
+        wanted = [scoring_backend(self.quant.get("target", "cpu"))] + list(getattr(self.cfg, "gate_runtimes", ()) or ())
         self.gate_backends = [b for b in dict.fromkeys(wanted) if available(b)[0]] or ["onnxruntime"]
-        self.verified: list[str] = []
-        self.fan = None  # study_parallel.Fanout while the sensitivity runs as Ray tasks (study_workers > 1 or a cluster)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
     # -- pieces ---------------------------------------------------------------------------------------
     def labeled(self) -> None:
@@ -161,10 +180,12 @@ class Study:
             int8_all = self.quantize(self.dir / "model.int8_all.onnx")
             if self.split is not None:
                 recipes = self.recipes(int8_all)
-            from yolo_compile.quant.study_ray import fan_out
-
-            with fan_out(self):  # sets self.fan when the variants run as Ray tasks; the serial study otherwise
-                sens = self.sensitivity(int8_all)
+            with self.fanout(self) if self.fanout else contextlib.nullcontext() as fan:  # None: the serial study
+                self.fan = fan
+                try:
+                    sens = self.sensitivity(int8_all)
+                finally:
+                    self.fan = None
         if self.cfg.calib_sweep and self.split is not None and self.calib:
             sweep = self.calibration_sweep()
         if self.calib and self.split is not None:

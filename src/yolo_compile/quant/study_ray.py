@@ -46,16 +46,17 @@ def wanted(cfg) -> bool:
 
 @contextlib.contextmanager
 def fan_out(study):
-    """Set study.fan to a Fanout while the block runs (None: the serial study), and release Ray after it."""
+    """Yield a Fanout for the study's variants while the block runs (None: the serial study); release Ray after it.
+
+    Study(fanout=fan_out) calls it around the sensitivity; nothing here sets attributes on the study.
+    """
     if not wanted(study.cfg):
         yield None
         return
     fan = Fanout(study, int(getattr(study.cfg, "study_workers", 1) or 1))
-    study.fan = fan
     try:
         yield fan
     finally:
-        study.fan = None
         fan.close()
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from yolo_compile import fileio, runs
-from yolo_compile.config import check_positive
+from yolo_compile.config import check_positive, path_field
 from yolo_compile.errors import BandwidthError
 from yolo_compile.bandwidth.links import LINKS
 
@@ -31,7 +31,7 @@ class BandwidthConfig:
     streams: tuple[int, ...] = (8,)  # camera streams to budget for; the largest sets the verdict (shared with throughput)
     camera: str = "1920x1080"  # camera frame size, WIDTHxHEIGHT
     fps: float = 30.0  # frames per second of each stream
-    eval_dir: str = ""  # JPEG camera frames whose bitstream size is measured (bits per pixel, scaled to the camera)
+    eval_dir: str = path_field("")  # JPEG camera frames whose bitstream size is measured (bits per pixel, scaled to the camera)
     link: str = "pcie4_x8"  # the link the verdict names: pcie3|4|5_x8|16, orin_lpddr5, 10gbe, 25gbe
     delta_frames: int = 0  # conveyor frames for the feature-delta measurement; 0 skips it (bench/delta.py runs it)
     gpu_check: bool = True  # with a CUDA GPU: time host-to-device copies and read NVML PCIe counters

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from yolo_compile import fileio, runs
 from yolo_compile.runtimes.registry import CPU_BACKENDS
-from yolo_compile.config import check_choice, check_positive
+from yolo_compile.config import check_choice, check_positive, path_field
 from yolo_compile.runtimes.registry import resolve_target
 from yolo_compile.runtimes.tensorrt import load_engine, tensorrt_available, tensorrt_identity, timing_cache_path
 from yolo_compile.errors import BuildError
@@ -26,7 +26,7 @@ HW_COMPAT = ("none", "ampere_plus", "same_compute_capability")
 class BuildConfig:
     target: str = "auto"  # tensorrt | cpu | auto
     batch_sizes: tuple[int, ...] = (1, 8, 32)  # TensorRT optimization profile: min, opt (middle), max
-    timing_cache: str = ""  # TensorRT timing cache to load and extend; empty: timing.cache beside the run folders
+    timing_cache: str = path_field("")  # TensorRT timing cache to load and extend; empty: timing.cache beside the run folders
     hardware_compatibility: str = "none"  # none | ampere_plus | same_compute_capability
     version_compatible: bool = False  # TensorRT version-compatible plan (lean runtime)
     cpu_engines: tuple[str, ...] = ("openvino", "onnxruntime")  # CPU target: engines to build and time; the faster verified one ships

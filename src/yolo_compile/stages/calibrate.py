@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from yolo_compile import images, runs
-from yolo_compile.config import check_positive
+from yolo_compile.config import check_positive, path_field
 from yolo_compile.errors import CalibrationError
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ STAGE = "calibrate"
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    calib_dir: str  # folder of calibration images (jpg, png, bmp, tif), searched recursively
+    calib_dir: str = path_field()  # folder of calibration images (jpg, png, bmp, tif), searched recursively
     calib_images: int = 128  # how many to sample; all of them if the folder holds fewer
     calib_seed: int = 0  # sampling seed: the same folder and seed give the same set
     min_images: int = 8  # fail when fewer decodable images than this remain after skipping bad files

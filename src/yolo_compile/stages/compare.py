@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo_compile import fileio, images, runs
-from yolo_compile.config import check_choice, check_positive
+from yolo_compile.config import check_choice, check_positive, path_field
 from yolo_compile.errors import CompareError, ConfigError, RunFolderError
 from yolo_compile.evaluate.tensors import YoloCompareFunc
 
@@ -20,13 +21,13 @@ STUDY_MODES = ("auto", "full", "off")
 
 @dataclass(frozen=True)
 class CompareConfig:
-    eval_dir: str  # held-out real images (never the calibration images)
+    eval_dir: str = path_field()  # held-out real images (never the calibration images)
     eval_images: int = 16  # how many to run; sampled with eval_seed
     eval_seed: int = 1  # sampling seed for the held-out images
     box_atol: float = 12.0  # gate: p99 |FP32 - quantized| of box coordinates (pixels) on confident anchors
     score_atol: float = 0.05  # gate: p99 |FP32 - quantized| of class scores (0..1) over all anchors
     conf: float = 0.25  # FP32 score above which an anchor's box is judged
-    data: str = ""  # labeled split (Ultralytics data.yaml) for mAP; empty skips task accuracy
+    data: str = path_field("")  # labeled split (Ultralytics data.yaml) for mAP; empty skips task accuracy
     map_images: int = 0  # how many labeled images to evaluate; 0 means all
     map_drop_max: float = 1.0  # gate: largest allowed mAP50-95 drop, in points (0.01 mAP)
     reference_map: float = 0.0  # gate: mAP50-95 (0..1) the drop is measured from; 0: this model's FP32 (a QAT checkpoint: the original's, as qat prints)
@@ -126,6 +127,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
     from polygraphy.comparator import Comparator, CompareFunc
 
     from yolo_compile.quant import study as study_mod
+    from yolo_compile.quant import study_ray
     from yolo_compile.runtimes.registry import scoring_backend
     from yolo_compile.evaluate.detections import agreement, decode
     from yolo_compile.evaluate.polyrunner import BackendRunner
@@ -145,7 +147,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         raise CompareError(str(e)) from None
     func = YoloCompareFunc(cfg.box_atol, cfg.score_atol, cfg.conf)
     names = {int(k): v for k, v in exp["class_names"].items()}
-    with runs.Timer() as t:
+    with runs.Timer() as t, contextlib.ExitStack() as stack:
         # FP32 on ONNX Runtime (the reference) against the quantized model on the runtime that ships for the target.
         shipping = scoring_backend(quant.get("target", "cpu"))
         quant_runner = (OnnxrtRunner(SessionFromOnnx(str(run_dir / quant["onnx"]), providers=["cpu"]),
@@ -161,7 +163,8 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         raw = [np.concatenate([np.asarray(it[exp["output_name"]]) for it in iters]) for _, iters in results]
         agree = agreement([decode(o, conf=cfg.conf) for o in raw[0]], [decode(o, conf=cfg.conf) for o in raw[1]],
                           names, conf=cfg.conf)
-        study = study_mod.Study(cfg, run_dir, exp, quant, np.concatenate([f[name] for f in feeds]), raw[0], calib_sha)
+        study = stack.enter_context(study_mod.Study(cfg, run_dir, exp, quant, np.concatenate([f[name] for f in feeds]),
+                                                    raw[0], calib_sha, fanout=study_ray.fan_out))
         accuracy = study.accuracy()
         if accuracy and not study.verified:
             reasons.append(f"mAP50-95 dropped {accuracy['drop_points']:.2f} points "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from yolo_compile import fileio, runs
-from yolo_compile.config import check_positive
+from yolo_compile.config import check_positive, path_field
 from yolo_compile.errors import ExportError
 from yolo_compile.runtimes.pytorch import check_model_path, load_model
 
@@ -20,7 +20,7 @@ UINT8_LAYOUTS = ("none", "nhwc_bgr", "nchw_rgb")
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str  # .pt checkpoint or Ultralytics model .yaml (random weights: plumbing only)
+    model: str = path_field()  # .pt checkpoint or Ultralytics model .yaml (random weights: plumbing only)
     imgsz: int = 640  # square input size, a multiple of 32
     opset: int = 19  # ONNX opset, 17 or newer
     dynamic_batch: bool = True  # batch axis symbolic (image size stays static) so build/throughput can sweep batch

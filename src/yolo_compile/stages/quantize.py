@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo_compile import fileio, runs
-from yolo_compile.config import check_choice
+from yolo_compile.config import check_choice, path_field
 from yolo_compile.runtimes.registry import resolve_target
 from yolo_compile.errors import QuantizeError
 from yolo_compile.quant.graph import check_recipe, find_head, find_stem, inspect_qdq
@@ -32,9 +32,9 @@ class QuantizeConfig:
     recipe: str = "mixed"  # mixed: INT8 with float head and stem conv; int8: all INT8; float: no INT8 (the baseline)
     calibration_method: str = "auto"  # auto (measure NNCF on CPU, then max, entropy, percentile; keep the best) | entropy | max | percentile
     quantizer: str = "auto"  # auto (CPU targets: NNCF then ModelOpt, measured on OpenVINO; TensorRT: ModelOpt) | modelopt | nncf
-    keep_float: str = ""  # more nodes kept float: a compare/nodes_to_exclude.json from a recipe search, or regexes
-    data: str = ""  # labeled split (Ultralytics data.yaml) scoring the candidates by mAP drop; empty: label-free
-    eval_dir: str = ""  # held-out images for the label-free score when data is empty
+    keep_float: str = path_field("", kind="json")  # more nodes kept float: a compare/nodes_to_exclude.json from a recipe search, or regexes
+    data: str = path_field("")  # labeled split (Ultralytics data.yaml) scoring the candidates by mAP drop; empty: label-free
+    eval_dir: str = path_field("")  # held-out images for the label-free score when data is empty
     score_images: int = 0  # how many labeled (or held-out) images score a candidate; 0 means all
     accept_drop: float = 0.3  # auto: stop at the first candidate within this mAP50-95 drop (points); 0 scores all
     search_budget: int = 10  # auto, none within accept_drop: most recipes (float groups x per-group calibration) the search scores

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from yolo_compile import fileio, runs
 from yolo_compile.runtimes.registry import CPU_BACKENDS, available, open_runner
-from yolo_compile.config import check_positive
+from yolo_compile.config import check_positive, path_field
 from yolo_compile.gpu.device import cuda_device, gpu_clocks
 from yolo_compile.evaluate import speed
 from yolo_compile.errors import ThroughputError
@@ -41,7 +41,7 @@ class ThroughputConfig:
     budget_seconds: float = 4.0  # CPU target: time for the whole sweep, shared by the pairs still to run; 0: no limit
     threads: int = 0  # CPU runtimes' intra-op threads; 0: one per core
     pytorch: bool = True  # also time PyTorch from the run's checkpoint (FP32 eager; on a GPU FP16 eager and FP16 + CUDA graph)
-    eval_dir: str = ""  # JPEG camera frames for the end-to-end decode comparison; empty: skip it
+    eval_dir: str = path_field("")  # JPEG camera frames for the end-to-end decode comparison; empty: skip it
     streams: tuple[int, ...] = (4, 8)  # concurrent camera streams (frames per batch) for the end-to-end comparison
     e2e_batches: int = 20  # batches timed per end-to-end pipeline and mode (CPU: at most budget_seconds / 8 each)
 
