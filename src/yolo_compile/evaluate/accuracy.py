@@ -207,7 +207,7 @@ def average_precision(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, ta
     """Return (AP per labeled class x IoU threshold, those classes): the arithmetic of Ultralytics' `ap_per_class`.
 
     The same sort, cumulative sums, precision envelope and 101-point trapezoid, so mAP50-95 equals what
-    `model.val()` reports (tests/unit/test_accuracy.py checks it against Ultralytics' own function), without
+    `model.val()` reports (tests/unit/evaluate/test_accuracy.py checks it against Ultralytics' own function), without
     importing Ultralytics and torch into the stages that only score.
     """
     trapezoid = getattr(np, "trapezoid", None) or np.trapz
