@@ -50,9 +50,9 @@ def gpu_notes(rows: list[dict], e2e: list[dict]) -> list[str]:
 
 def cpu_verdict(rows: list[dict]) -> tuple[str, list[str]]:
     """Return (one line at batch 1, notes per batch): INT8 over FP32 on each CPU runtime, and the CPU's INT8 support."""
-    flags = runs.cpu_flags()
-    int8_isa = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    isa = f"VNNI/AMX: {', '.join(int8_isa)}" if int8_isa else "no VNNI"
+    isa = runs.int8_isa()
+    vnni = not isa.startswith(("AVX2", "SSE"))
+    isa = f"INT8 instructions: {isa}" if vnni else f"INT8 instructions: {isa}, no VNNI"
     ips = {(r["backend"], "fp32" if r["model"] == "fp32 onnx" else "int8", r["batch"]): r["images_per_s"]
            for r in rows if r["device"] == "cpu" and r["backend"] in CPU_BACKENDS}
     lines = []
@@ -67,7 +67,15 @@ def cpu_verdict(rows: list[dict]) -> tuple[str, list[str]]:
             parts.append(f"ONNX Runtime INT8 is {ort8 / ort32:.2f}x its FP32")
         if parts:
             lines.append(f"batch {b}: {'; '.join(parts)} on this CPU ({isa})")
-    if not int8_isa:
+    if not vnni:
         lines.append("this CPU has no VNNI/AMX INT8 instructions: INT8 gains here come from the runtime's kernels "
                      "(OpenVINO), not from the CPU")
     return (lines[0] if lines else ""), lines
+
+
+def load_note(load: dict) -> str:
+    """Return the note a throughput result leads with when other processes used the CPUs while it timed."""
+    top = ", ".join(f"{b['process']} ({b['cores']:.2f} cores)" for b in load["busy"][:3]) or "unnamed processes"
+    return (f"taken under load: other processes used {load['others_cores']:.2f} cores on average while "
+            f"this stage timed (load average {load['loadavg_1m']}; {top}); these figures are low, re-time on "
+            "an idle machine")

@@ -60,6 +60,15 @@ def config_class(stage: str) -> type:
     return get(stage).config
 
 
+def config_defaults(stage: str) -> dict[str, Any]:
+    """Return each parameter of a stage's config that has a default, with that default (tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(config_class(stage)):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
 def path_params() -> dict[str, str]:
     """Return {name: kind} of every parameter a stage config declares with config.path_field, in stage order.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -14,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from yolo_compile import STAGES, fileio, resources, runs
-from yolo_compile.pipeline import registry, stagecache
-from yolo_compile.pipeline.registry import config_class, stage_params
+from yolo_compile.pipeline import execute, registry, stagecache
+from yolo_compile.pipeline.kernels import TIMED
+from yolo_compile.pipeline.registry import config_class, config_defaults, stage_params
 from yolo_compile.config import build
 from yolo_compile.errors import ConfigError, WorkflowError
 
@@ -105,8 +105,6 @@ def _is_builtin_yaml(value: str) -> bool:
     return value.endswith((".yaml", ".yml")) and "/" not in value and not Path(value).exists()
 
 
-# The kernel's own warnings (plain-TCP notice, debugger...) go to our stderr; the notebook keeps cell output.
-KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 DEFAULT_TIMEOUT_S = 3600  # per stage; a workflow's `timeouts: {stage: seconds}` overrides it
 
 
@@ -169,18 +167,21 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
 
     cache = stagecache.StageCache(runs.cache_root(run_dir))
     status, upstream = "passed", {}
-    pool = KernelPool(run_dir, KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
+    pool = KernelPool(run_dir, execute.KERNEL_ARGS) if os.environ.get("YOLO_COMPILE_PREWARM", "1") != "0" else None
     stages = list(wf["stages"])
     # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
     # Each finished stage's notebook is rendered for the report at nice 19, on what the next stages leave idle.
     prerender = ThreadPoolExecutor(1, thread_name_prefix="yolo-compile-report", initializer=set_nice, initargs=(19,))
+    current = {"stage": None}
     with fileio.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext(), \
-            prerender:
+            prerender, execute.recorded(run_dir, current, pool):
         if pool and not resuming and stages:  # the first stage's kernel boots (and imports) while papermill is imported
             first_key, _ = stagecache.stage_key(stages[0], stage_params(stages[0], params), {})
             if not (use_cache and cache.lookup(first_key)):
                 pool.prepare(stages[0])
+        execute.import_before_threads()
         for i, stage in enumerate(stages):
+            current["stage"] = stage
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
             prev = runs.read_manifest(run_dir)["stages"].get(stage, {})
@@ -242,6 +243,9 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     nb = notebook_for(stage)
     out_nb = run_dir / nb.name
     jsp = {k: list(v) if isinstance(v, tuple) else v for k, v in sp.items()}
+    # Every parameter goes to the notebook, defaults too: the notebook's own defaults are the reference detector's
+    # (data/aoi/data.yaml...), which would leak into a run of another model that gives no data=.
+    given = {**config_defaults(stage), **jsp}
     hit = cache.lookup(key) if cache else None
     if hit:
         cache.restore(hit, run_dir, stage, nb.name)
@@ -259,14 +263,19 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
     t0 = time.perf_counter()
     km = pool.take(stage) if pool else None
+    if pool and km is None:  # a kernel of our own (not papermill's): Ctrl-C can then end it
+        km = pool.start(stage)
     if pool:
-        pool.prepare(*later)  # the next stages' kernels boot while this one runs
+        pool.prepare(*([] if stage in TIMED else later))  # the next kernels boot while this one runs, unless it times
+    if km is not None:
+        execute.RUNNING.append(km)
     try:
-        error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
+        error, cell = execute.execute_notebook(nb, out_nb, {**given, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
     finally:
         if km is not None:
             from yolo_compile.pipeline.kernels import shutdown
 
+            execute.RUNNING.remove(km)
             shutdown(km)
     seconds = round(time.perf_counter() - t0, 2)
     result_path = run_dir / stage / "result.json"
@@ -292,35 +301,3 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
         except Exception as e:  # a full disk or a read-only cache costs speed next time, never this run
             log.warning("stage %s not stored in the stage cache: %s", stage, e)
     return entry
-
-
-def _execute_notebook(nb: Path, out_nb: Path, parameters: dict, run_dir: Path, timeout: int,
-                      verbose: bool, km=None) -> tuple[str | None, int | None]:
-    """Run one notebook with papermill; return (error or None, failing cell). A kernel that fails to start is retried once."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    for attempt in (1, 2):
-        try:
-            extra = {"km": km} if km is not None and attempt == 1 else {}  # a kernel started ahead (kernels.py)
-            pm.execute_notebook(str(nb), str(out_nb), parameters=parameters, cwd=str(run_dir), progress_bar=False,
-                                log_output=verbose, kernel_name="python3", execution_timeout=timeout,
-                                start_timeout=120, extra_arguments=KERNEL_ARGS, **extra)
-            return None, None
-        except PapermillExecutionError as e:
-            return f"{e.ename}: {e.evalue}", e.exec_count
-        except Exception as e:  # DeadKernelError, CellTimeoutError, a kernel that never started...
-            if attempt == 1 and not _any_cell_ran(out_nb):
-                log.warning("kernel for %s failed to start (%s: %s): retrying once", nb.name, type(e).__name__, e)
-                continue
-            kind = "timed out" if "Timeout" in type(e).__name__ else "died"
-            return f"kernel {kind} ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})", None
-    return "unreachable", None
-
-
-def _any_cell_ran(out_nb: Path) -> bool:
-    try:
-        cells = json.loads(out_nb.read_text()).get("cells", [])
-    except (OSError, ValueError):
-        return False
-    return any(c.get("execution_count") for c in cells if c.get("cell_type") == "code")

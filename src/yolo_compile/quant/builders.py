@@ -18,7 +18,7 @@ import numpy as np
 
 from yolo_compile import runs
 from yolo_compile.errors import QuantizeError
-from yolo_compile.quant import scales
+from yolo_compile.quant import scales, weights
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Builders:
         from yolo_compile.quant.modelopt import copy_metadata
 
         final = self.work / f"final-{row['file']}"
-        row["weights_int8"] = scales.int8_weights(self.work / row["file"], final)["weights_int8"]
+        row["weights_int8"] = weights.int8_weights(self.work / row["file"], final)["weights_int8"]
         copy_metadata(self.src, final)
         row["final"] = final.name
         return row

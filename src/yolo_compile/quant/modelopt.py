@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo_compile import images
+from yolo_compile.quant import weights
 from yolo_compile.quant.graph import decode_nodes
 
 # calibration_method -> the scale methods tried (scales.METHODS); auto tries them all and measures
@@ -41,6 +42,8 @@ def modelopt_quantize(src: Path, dst: Path, data: np.ndarray, exp: dict, method:
         private.cleanup()
     if decode:
         to_fp16(dst, dst, decode)
+    if hp_dtype == "fp32":  # a CPU target: OpenVINO and ONNX Runtime must score it alike on every x86 ISA
+        weights.overflow_fix(dst, exp["input_name"])
     copy_metadata(src, dst)
 
 

@@ -248,53 +248,6 @@ def apply(template: str | Path, amax: dict[str, float], dst: str | Path, only: s
     return len(done)
 
 
-def int8_weights(src: str | Path, dst: str | Path) -> dict:
-    """Fold each constant weight's QuantizeLinear into an INT8 initializer read by DequantizeLinear only.
-
-    The same arithmetic as the Q node (round half to even, saturate), so outputs are unchanged; the file
-    shrinks about 4x. Works on ModelOpt and NNCF Q/DQ graphs alike. Returns counts and sizes.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    init = {i.name: i for i in graph.initializer}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
-    keep, folded, new_inits = [], 0, []
-    for n in graph.node:
-        if n.op_type == "QuantizeLinear" and n.input[0] in init and n.input[1] in init:
-            w = numpy_helper.to_array(init[n.input[0]]).astype(np.float32)
-            scale = numpy_helper.to_array(init[n.input[1]]).astype(np.float32)
-            zp = numpy_helper.to_array(init[n.input[2]]) if len(n.input) > 2 and n.input[2] else np.zeros((), np.int8)
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-            if scale.ndim == 1 and scale.size > 1:
-                shape = [1] * w.ndim
-                shape[axis] = -1
-                scale, zpb = scale.reshape(shape), zp.reshape(shape)
-            else:
-                zpb = zp
-            info = np.iinfo(zp.dtype)
-            q = np.clip(np.rint(w / scale) + zpb.astype(np.float32), info.min, info.max).astype(zp.dtype)
-            new_inits.append(numpy_helper.from_array(q, n.output[0]))
-            folded += 1
-            continue
-        keep.append(n)
-    if folded:
-        del graph.node[:]
-        graph.node.extend(keep)
-        graph.initializer.extend(new_inits)
-        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        alive = [i for i in graph.initializer if i.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(alive)
-    onnx.save(model, str(dst))
-    return {"weights_int8": folded, "bytes": Path(dst).stat().st_size}
-
-
 def clip_error(stats: ActivationStats, amax: dict[str, float]) -> dict[str, float]:
     """Return {tensor: expected squared INT8 error / mean square} at each threshold, read from the histograms.
 

@@ -169,7 +169,7 @@ def generate(out_dir: str | Path, frames: int, line: Conveyor = Conveyor()) -> l
                        for c, x0, y0, x1, y1 in labels)
         with atomic_path(folder / "labels" / f"{path.stem}.txt") as tmp:
             tmp.write_text(text)
-    write_json(folder / "manifest.json", {"generator": "yolo_compile.conveyor", "version": SEQUENCE_VERSION,
+    write_json(folder / "manifest.json", {"generator": "yolo_compile.reference.conveyor", "version": SEQUENCE_VERSION,
                                           "frames": frames, "line": asdict(line),
                                           "moving": [line.moving(i) for i in range(frames)],
                                           "files": [p.name for p in names]})

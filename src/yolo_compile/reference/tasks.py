@@ -271,7 +271,7 @@ def manifest(split: str, seed: int, files: list[dict], task: str = "aoi") -> dic
     t = get_task(task)
     named = {} if t.name == "aoi" else {"task": t.name}  # manifests without 'task' are AOI ones (committed before)
     return {
-        "generator": "yolo_compile.reference",
+        "generator": "yolo_compile.reference.tasks",
         **named,
         "generator_version": t.version,
         "seed": seed,

@@ -21,6 +21,7 @@ from yolo_compile.config import check_positive, path_field
 from yolo_compile.gpu.device import cuda_device, gpu_clocks
 from yolo_compile.evaluate import speed
 from yolo_compile.errors import ThroughputError
+from yolo_compile.runtimes import timing
 from yolo_compile.runtimes.timing import latency_stats, time_adaptive
 
 __all__ = ["ThroughputConfig", "ThroughputResult", "latency_stats", "run"]
@@ -74,6 +75,7 @@ class ThroughputResult:
     gpu: dict = field(default_factory=dict)  # nvidia-smi clocks before and after the GPU rows
     verdict: str = ""  # one line: what the quantized engine buys over FP32 on each runtime, on this machine
     notes: list = field(default_factory=list)
+    load: dict = field(default_factory=dict)  # what else used the CPUs while this stage timed (timing.LoadWatch)
     table: str = ""  # markdown tables of rows and end_to_end
     plot: str = ""
     seconds: float = 0.0
@@ -156,7 +158,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     cpu_target = build["backend"] in CPU_BACKENDS
     budget = cfg.budget_seconds if cpu_target and cfg.budget_seconds else float("inf")
     gpu = {}
-    with runs.Timer() as t:
+    with timing.exclusive("throughput") as slot, runs.Timer() as t, timing.LoadWatch() as watch:
         if has_cuda:
             gpu["before"] = gpu_clocks()
         rows, spent = sweep(cases, cfg, size, budget)
@@ -175,13 +177,16 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
             skipped.append("end-to-end decode comparison: eval_dir is empty (give a folder of JPEG frames)")
     paths = {c.model + ("" if c.backend in c.model else f" ({c.backend})"): c.path for c in cases}
     verdict, notes = speed.cpu_verdict(rows) if cpu_target else ("", [])
+    load = {**watch.summary(), "waited_for_slot_s": slot.waited_s}
+    if load.get("under_load"):
+        notes.insert(0, speed.load_note(load))
     result = ThroughputResult(
         status="passed", backend=build["backend"], rows=rows,
         models={k: {"path": str(v.relative_to(run_dir)), "bytes": _bytes(v)} for k, v in paths.items()},
         bytes_per_frame={"float32 input": 3 * size * size * 4, "uint8 input (fused preprocessing)": 3 * size * size,
                          **{r["path"]: r["bytes_per_frame"] for r in e2e if r["mode"] == "serial"}},
         skipped=skipped, end_to_end=e2e, end_to_end_summary=[speed.e2e_line(r) for r in e2e], gpu=gpu, verdict=verdict,
-        notes=notes + speed.gpu_notes(rows, e2e), seconds=round(t.seconds, 2),
+        notes=notes + speed.gpu_notes(rows, e2e), load=load, seconds=round(t.seconds, 2),
     )
     result.table = f"{STAGE}/{fileio.write_text(run_dir / STAGE / 'table.md', speed.markdown(result)).name}"
     result.plot = f"{STAGE}/{_plot(rows, e2e, run_dir / STAGE / 'throughput.png').name}"

@@ -6,7 +6,7 @@ import nbformat
 import papermill as pm
 
 from yolo_compile.pipeline import kernels
-from yolo_compile.pipeline.workflow import KERNEL_ARGS
+from yolo_compile.pipeline.execute import KERNEL_ARGS
 
 
 def test_a_kernel_started_ahead_has_its_imports_and_no_names_and_counts_from_one(tmp_path):
@@ -63,3 +63,14 @@ def test_two_kernels_ahead_and_the_ones_no_longer_wanted_are_ended(tmp_path):
         kernels.shutdown(km)
     finally:
         pool.close()
+
+
+def test_no_kernel_is_started_ahead_past_a_timed_stage():
+    """A kernel importing beside the build's engine choice or the throughput sweep would slow what they time."""
+    from yolo_compile.pipeline.kernels import TIMED, ahead_of
+
+    assert set(TIMED) == {"build", "throughput"}
+    assert ahead_of(["quantize", "compare", "build"]) == ["quantize", "compare", "build"]
+    assert ahead_of(["compare", "build", "throughput", "bandwidth"]) == ["compare", "build"]
+    assert ahead_of(["throughput", "bandwidth"]) == ["throughput"]
+    assert ahead_of(["calibrate", None, "quantize"]) == ["calibrate"]
