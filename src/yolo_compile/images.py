@@ -27,7 +27,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def read_bgr(path: str | Path) -> np.ndarray:
     """Return an image as HxWx3 uint8 BGR; raise ValueError naming the file if it cannot be decoded."""
-    img, why = decode(Path(path).read_bytes())
+    img, why = decode_image(Path(path).read_bytes())
     if img is None:
         raise ValueError(f"{path}: {why}; remove or replace the file (jpg, png, bmp, tif)")
     return img
@@ -89,7 +89,7 @@ def sample(paths: list[Path], n: int, seed: int) -> list[Path]:
 MIN_SIDE = 8  # smaller than this on a side is a placeholder (a 1x1 pixel), not a camera frame
 
 
-def decode(data: bytes) -> tuple[np.ndarray | None, str]:
+def decode_image(data: bytes) -> tuple[np.ndarray | None, str]:
     """Return (HxWx3 uint8 BGR, "") for an image file's bytes decoded fully, or (None, why it is skipped).
 
     Every file goes the same way: Pillow decodes it completely first (a truncated JPEG or PNG fails there,
@@ -171,7 +171,7 @@ def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str 
 def _load_one(path: Path, sha: str, size: int) -> tuple[np.ndarray | None, str]:
     """Return one file as its (3, size, size) RGB letterboxed uint8 tensor, or (None, why it is skipped)."""
     data = path.read_bytes()
-    img, why = decode(data)
+    img, why = decode_image(data)
     if img is not None and hashlib.sha256(data).hexdigest() != sha:
         return None, "changed while being read"
     if img is None:

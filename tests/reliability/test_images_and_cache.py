@@ -48,7 +48,7 @@ def test_odd_images_decode_or_are_skipped_by_name_and_inputs_stay(odd_images, tm
     kept = {p.name for p in a.files}
     assert {"grey.png", "cmyk.jpg", "rgba.png", "deep16.png", "exif.jpg"} <= kept
     assert a.array.shape == (len(paths) - 3, 3, 64, 64) and a.array.dtype == np.uint8
-    exif = images.decode((odd_images / "exif.jpg").read_bytes())[0]
+    exif = images.decode_image((odd_images / "exif.jpg").read_bytes())[0]
     assert exif.shape[:2] == (64, 48)  # upright, as Ultralytics sees it
     b = images.preprocessed(paths, 64, tmp_path / "cache2")  # same files, fresh cache: the same bytes every time
     assert np.array_equal(np.asarray(a.array), np.asarray(b.array)) and a.key == b.key

@@ -74,7 +74,7 @@ def cpu_letterboxed(jpeg: bytes, size: int) -> np.ndarray:
     return letterbox(img, size)
 
 
-def nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
+def torch_nms(pred, conf: float = 0.25, iou: float = 0.7, max_det: int = 300) -> list:
     """Return per-image (n, 6) tensors [x1, y1, x2, y2, score, class] from raw (B, 4 + classes, anchors) output.
 
     One NMS call for the whole batch (boxes offset per image and class) and one host sync to split it per image:
@@ -189,7 +189,7 @@ class GpuPipeline:
             self.infer(0)
             torch.cuda.synchronize()
             t3 = time.perf_counter()
-            nms(self.out[0])
+            torch_nms(self.out[0])
             torch.cuda.synchronize()
             t4 = time.perf_counter()
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -251,7 +251,7 @@ class GpuPipeline:
                 k = i % SLOTS
                 with torch.cuda.stream(s_post):
                     s_post.wait_event(self.ev_inf[k])
-                    nms(self.out[k])
+                    torch_nms(self.out[k])
                     s_post.synchronize()
                 lat[i] = time.perf_counter() - started[i]
                 posted[i].set()
@@ -312,7 +312,7 @@ def cpu_end_to_end(runner, batches: list[list[bytes]], size: int, workers: int =
             t1 = time.perf_counter()
             pred = runner.run(x)
             t2 = time.perf_counter()
-            [decode(p, conf=0.25) for p in pred]  # NMS as `nms` does it, in NumPy: no torch on a CPU target
+            [decode(p, conf=0.25) for p in pred]  # NMS as `torch_nms` does it, in NumPy: no torch on a CPU target
             t3 = time.perf_counter()
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[k].append(v * 1e3)

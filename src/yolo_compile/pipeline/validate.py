@@ -219,7 +219,7 @@ def image_folder(name: str, folder: Path, need: int) -> None:
                          f"({', '.join(images.IMAGE_SUFFIXES)}), fewer than {need}; add images")
     good, bad = 0, []
     for p in found:  # decode just enough of them: the stage decodes all, skipping and naming the bad ones
-        img, why = images.decode(p.read_bytes())
+        img, why = images.decode_image(p.read_bytes())
         if img is None:
             bad.append(f"{p.name} ({why})")
         else:

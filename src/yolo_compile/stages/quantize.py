@@ -22,7 +22,7 @@ from yolo_compile.quant.modelopt import convert_float
 log = logging.getLogger(__name__)
 STAGE = "quantize"
 RECIPES = ("mixed", "int8", "float")
-METHODS = ("auto", "entropy", "max", "percentile")
+CALIBRATION_METHODS = ("auto", "entropy", "max", "percentile")  # the calibration_method parameter (scales.METHODS: the scales)
 QUANTIZERS = ("auto", "modelopt", "nncf")
 
 
@@ -42,7 +42,7 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         check_choice("recipe", self.recipe, RECIPES)
-        check_choice("calibration_method", self.calibration_method, METHODS)
+        check_choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         if self.search_budget < 0 or self.search_floats < 0:
             raise QuantizeError(f"parameters 'search_budget' = {self.search_budget}, 'search_floats' = {self.search_floats}: "

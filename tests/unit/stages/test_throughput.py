@@ -109,7 +109,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes_per_image():
     pred[0, 4, 0], pred[0, 4, 1] = 0.9, 0.8
     pred[0, :4, 2] = torch.tensor([10, 10, 8, 8])
     pred[0, 6, 2] = 0.5  # another class, elsewhere
-    dets = frames.nms(pred)
+    dets = frames.torch_nms(pred)
     assert len(dets) == 2 and dets[1].shape == (0, 6)
     assert dets[0].shape == (2, 6) and dets[0][0, 4] == pytest.approx(0.9)
     assert dets[0][0, :4].tolist() == [40, 40, 60, 60] and dets[0][1, 5] == 2
