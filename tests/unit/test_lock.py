@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,10 @@ def _lock() -> dict[str, str]:
 def test_installed_versions_are_the_locks():
     """A venv made by `make setup` (pip install -c constraints.txt) has exactly the lock's versions, nothing unpinned."""
     pins = _lock()
-    installed = {_canon(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    # Vendored copies are a library's private files, not installs: setuptools puts its _vendor folder (packaging,
+    # platformdirs...) on sys.path once anything imports it (torch, ModelOpt), so earlier tests would change the answer.
+    installed = {_canon(d.metadata["Name"]): d.version for d in metadata.distributions()
+                 if d.metadata["Name"] and "_vendor" not in Path(str(d.locate_file(""))).parts}
     drift = sorted(f"{n} {v} (lock: {pins[n]})" for n, v in installed.items() if n in pins and pins[n] != v)
     unpinned = sorted(f"{n} {v}" for n, v in installed.items() if n not in pins and n not in NOT_FROZEN)
     assert not drift, f"installed versions differ from constraints.txt: {', '.join(drift)}; run make setup (or make lock)"
