@@ -32,7 +32,7 @@ def split_copy(data_yaml: Path, dst: Path) -> Path:
     """Copy a data.yaml's val split into dst (images + labels) and return a data.yaml pointing at the copy."""
     import yaml
 
-    from yolo_compile import accuracy
+    from yolo_compile.evaluate import accuracy
 
     cfg = yaml.safe_load(data_yaml.read_text())
     split = accuracy.read_split(data_yaml)
@@ -93,7 +93,12 @@ def _ort_quantize_static(fp32: str, dst: str, array: str, input_name: str) -> No
 
 
 def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, work: Path) -> list[dict]:
-    from yolo_compile import accuracy, calibrate, export, images, quantize, runs
+    from yolo_compile import images, runs
+    from yolo_compile.evaluate import accuracy
+    from yolo_compile.stages import calibrate
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
+    from yolo_compile.quant import modelopt
 
     run_dir = work / "run"
     export.run(export.ExportConfig(model=str(ckpt)), run_dir)
@@ -130,7 +135,7 @@ def bench_reference(name: str, ckpt: Path, calib: Path, data_yaml: Path, args, w
                   json.dumps([{k: r.get(k, 'not tried') for k in ('quantizer', 'calibration', 'drop_points')} for r in q.candidates]))
         timed(f"ours auto ({target})", ours, work / f"ours-{target}.onnx")
     timed("modelopt defaults (entropy, all INT8)",
-          lambda: quantize.modelopt_quantize(fp32, work / "modelopt.onnx", data, exp, "entropy", "fp32"), work / "modelopt.onnx")
+          lambda: modelopt.modelopt_quantize(fp32, work / "modelopt.onnx", data, exp, "entropy", "fp32"), work / "modelopt.onnx")
     timed("onnxruntime quantize_static (QDQ, per-channel, MinMax)",
           lambda: ort_quantize_static(fp32, work / "ort.onnx", run_dir / cal.array, exp["input_name"]), work / "ort.onnx")
     if not args.skip_ultralytics:

@@ -32,7 +32,8 @@ def watch():
         peak[0] = max(peak[0], rss_anon())
         time.sleep(0.02)
 threading.Thread(target=watch, daemon=True).start()
-from yolo_compile import calibrate, quantize
+from yolo_compile.stages import calibrate
+from yolo_compile.stages import quantize
 run_dir, n, method, folder, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 base = rss_anon()
 t = time.perf_counter()
@@ -51,8 +52,9 @@ def main() -> int:
     args = ap.parse_args()
     import os
 
-    from yolo_compile import export, images
-    from yolo_compile.workflow import reference_defaults
+    from yolo_compile import images
+    from yolo_compile.stages import export
+    from yolo_compile.pipeline.workflow import reference_defaults
 
     sizes = [int(s) for s in args.sizes.split(",")]
     ref = reference_defaults()

@@ -44,7 +44,7 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
 
     from yolo_compile import cli, runs
     from yolo_compile.config import build
-    from yolo_compile.workflow import config_class, load_workflow, resolve_params, stage_params
+    from yolo_compile.pipeline.workflow import config_class, load_workflow, resolve_params, stage_params
 
     ns = argparse.Namespace(set=[], model=None, calib=None, eval=None)
     it = iter(args)
@@ -58,9 +58,10 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     wf = load_workflow(workflow)
     params = resolve_params(wf, overrides)
     run_dir = runs.new_run_dir(artifacts, {"direct": True})
-    from yolo_compile import backends
+    from yolo_compile.runtimes import registry as backends
+    from yolo_compile.runtimes import openvino
 
-    backends.use_openvino_cache(runs.cache_root(run_dir) / "openvino")  # as notebook.setup does in each kernel
+    openvino.use_openvino_cache(runs.cache_root(run_dir) / "openvino")  # as notebook.setup does in each kernel
     times = {}
     t0 = time.perf_counter()
     for stage in wf["stages"]:

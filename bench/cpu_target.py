@@ -33,7 +33,7 @@ def dataset_copy(root: Path, calib_files: list[Path], data_yaml: Path) -> Path:
     """Return a data.yaml in root: train = our calibration images, val = a copy of the labeled split (caches land here)."""
     import yaml
 
-    from yolo_compile.accuracy import label_path, read_split
+    from yolo_compile.evaluate.accuracy import label_path, read_split
 
     split = read_split(data_yaml)
     for sub in ("calib/images", "val/images", "val/labels"):
@@ -62,7 +62,7 @@ def ultralytics_map(model: Path, data: Path, project: Path, name: str) -> float:
 
 def our_map(model: Path, backend: str, arr, split, names: dict) -> float:
     """Return mAP50-95 from yolo-compile's evaluator on the same preprocessed images."""
-    from yolo_compile import accuracy
+    from yolo_compile.evaluate import accuracy
 
     dets = accuracy.predict(model, arr, batch=8, desc=model.name, backend=backend)
     return float(accuracy.evaluate(dets, split, 640, names)["map50_95"])
@@ -74,8 +74,8 @@ def paired_images_per_s(cases: list[tuple[Path, str]], x, rounds: int = 7, secon
     Paired: every round times every model back to back (the order rotating), so a drift of this shared machine's
     speed moves all of them alike; a ratio of two models is taken round by round.
     """
-    from yolo_compile.backends import open_runner
-    from yolo_compile.timing import latency_stats, time_adaptive
+    from yolo_compile.runtimes.registry import open_runner
+    from yolo_compile.runtimes.timing import latency_stats, time_adaptive
 
     calls = [open_runner(backend, model).prepare(x) for model, backend in cases]
     for call in calls:  # warm-up, not counted
@@ -108,8 +108,8 @@ def main() -> int:
     import yaml
 
     from yolo_compile import images, runs
-    from yolo_compile.accuracy import read_split
-    from yolo_compile.workflow import reference_defaults, run_workflow
+    from yolo_compile.evaluate.accuracy import read_split
+    from yolo_compile.pipeline.workflow import reference_defaults, run_workflow
 
     ref = reference_defaults()
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-target-"))

@@ -30,8 +30,10 @@ def table(rows: list[dict]) -> str:
 
 def prepare(run_dir: Path, target: str) -> None:
     """Run export, calibrate and quantize of the reference detector into run_dir unless they passed there."""
-    from yolo_compile import calibrate, export, quantize
-    from yolo_compile.workflow import reference_defaults
+    from yolo_compile.stages import calibrate
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
+    from yolo_compile.pipeline.workflow import reference_defaults
 
     done = run_dir / "quantize" / "result.json"
     if done.is_file() and json.loads(done.read_text()).get("status") == "passed":
@@ -52,8 +54,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "bandwidth")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from yolo_compile import bandwidth, delta
-    from yolo_compile.workflow import reference_defaults
+    from yolo_compile.stages import bandwidth
+    from yolo_compile.bandwidth import delta
+    from yolo_compile.pipeline.workflow import reference_defaults
 
     run_dir = args.run_dir or REPO / "artifacts" / "runs" / f"bench-delta-{args.target}"
     prepare(run_dir, args.target)
@@ -73,7 +76,7 @@ def main() -> int:
     seconds = time.perf_counter() - t
     doc = [f"<!-- regenerate: {cmd} -->", "# Feature delta encoding on a conveyor sequence (measured)",
            f"Reference detector (YOLOv8n AOI, 640 px), quantized for target {q['target']} ({q['recipe']}); "
-           f"{res['frames']} frames of {res['frame_size']} from `yolo_compile.conveyor` (default line, "
+           f"{res['frames']} frames of {res['frame_size']} from `yolo_compile.reference.conveyor` (default line, "
            f"{res['moving_frames']} of {res['frames'] - 1} transitions with the belt moving); the head's inputs "
            f"P3/P4/P5 quantized with the graph's own scales; zstd level 3. Full INT8 features: "
            f"{res['full_int8_bytes']:,} bytes a frame; the camera's JPEG: {res['jpeg_frame_bytes']:,} bytes a frame. "

@@ -3,7 +3,7 @@
     python bench/gpu_input.py [--frames-dir data/aoi/val/images] [--resolutions native,1920x1080]
                               [--batches 4,32] [--frames 640] [--profile] [--linkcheck] [--out-dir DIR]
 
-Paths: the three of `yolo_compile.frames` (CPU decode + float32 upload, CPU decode + uint8 upload, torchvision
+Paths: the three of `yolo_compile.gpu.frames` (CPU decode + float32 upload, CPU decode + uint8 upload, torchvision
 nvJPEG) and, where importable, NVIDIA DALI (mixed decode, GPU resize, crop_mirror_normalize to FP16 CHW) and
 nvImageCodec (GPU decode, hardware JPEG engines first; letterbox as the nvJPEG path). Each runs serial and
 overlapped (decode next / infer current / NMS previous on three CUDA streams, preallocated ring buffers) into the
@@ -44,7 +44,7 @@ def frames_at(folder: Path, count: int, size: tuple[int, int] | None, quality: i
     """Return count JPEGs from folder (cycling), re-encoded at size (w, h) when given (what a camera of that size sends)."""
     import cv2
 
-    from yolo_compile.frames import read_jpegs
+    from yolo_compile.gpu.frames import read_jpegs
     from yolo_compile.images import list_images
 
     unique = read_jpegs(folder, min(count, len(list_images(folder))))  # each file once; cycled below
@@ -62,7 +62,7 @@ class NvmlSampler:
     """Samples NVML's PCIe RX/TX throughput (bytes/s over its 20 ms windows) and device memory used on a thread."""
 
     def __init__(self):
-        from yolo_compile.linkcheck import nvml_link
+        from yolo_compile.bandwidth.linkcheck import nvml_link
 
         self.handle, self.link, self.why = nvml_link()
         self.rx, self.tx, self.mem, self.errors = [], [], [], []
@@ -106,7 +106,7 @@ def nvimgcodec_decoder(size: int, slots: int):
     import torch
     from nvidia import nvimgcodec
 
-    from yolo_compile.frames import letterbox_on_gpu
+    from yolo_compile.gpu.frames import letterbox_on_gpu
 
     decoder = nvimgcodec.Decoder()
     keep = [None] * slots  # decoded images stay alive until their slot is reused (stream-ordered after use)
@@ -154,7 +154,9 @@ def dali_decoder(batch: int, size: int):
 
 def make_pipeline(net, label: str, batch: int, size: int):
     """Return a frames.GpuPipeline for a label (the three built-in paths, DALI or nvImageCodec)."""
-    from yolo_compile import frames
+    from yolo_compile.gpu import frames
+
+    from yolo_compile.runtimes import pytorch
 
     if label in frames.PATHS:
         return frames.GpuPipeline(net, label, batch, size)
@@ -184,7 +186,7 @@ def diff_vs_cpu(pipe, frames: list[bytes]) -> tuple[float, float]:
     """Return (max, mean) |difference| between this path's preprocessed batch and the CPU letterbox (0..1 units)."""
     import torch
 
-    from yolo_compile.frames import cpu_letterboxed
+    from yolo_compile.gpu.frames import cpu_letterboxed
 
     pipe.host_part(frames, 0)
     pipe.device_part(frames, 0)
@@ -291,9 +293,9 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from yolo_compile import frames
-    from yolo_compile.bandwidth import LINKS
-    from yolo_compile.linkcheck import nvml_link
+    from yolo_compile.gpu import frames
+    from yolo_compile.stages.bandwidth import LINKS
+    from yolo_compile.bandwidth.linkcheck import nvml_link
 
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark measures GPU input paths and has nothing to run here")
@@ -302,7 +304,7 @@ def main() -> int:
     _, link_info, why = nvml_link()
     link = LINKS.get(f"pcie{link_info.get('generation')}_x{link_info.get('width')}") if link_info else None
     print(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, PCIe {link_info or why}", flush=True)
-    net = frames.load_torch_detector(args.checkpoint, "cuda", half=True)
+    net = pytorch.load_torch_detector(args.checkpoint, "cuda", half=True)
     labels = list(frames.PATHS) + [DALI, NVIMGCODEC]
     if args.paths:
         labels = [lb for lb in labels if any(s.strip() in lb for s in args.paths.split(","))]
@@ -347,7 +349,7 @@ def main() -> int:
                     torch.cuda.empty_cache()
     checks, check_skips = [], []
     if args.linkcheck:
-        from yolo_compile.linkcheck import crosscheck
+        from yolo_compile.bandwidth.linkcheck import crosscheck
 
         s = args.imgsz
         paths = [{"path": "fp32 + cpu decode", "link_in_bytes": 3 * s * s * 4},

@@ -265,7 +265,7 @@ class Model:
     def __init__(self, net, batch: int, size: int, slots: int, fp32: bool = False):
         import torch
 
-        from yolo_compile.frames import cuda_graph
+        from yolo_compile.runtimes.pytorch import cuda_graph
 
         self.batch, self.size, self.fp32 = batch, size, fp32
         if fp32:
@@ -454,7 +454,7 @@ class CpuDecode(Pre):
     def stage(self, frames, k, dst):
         import torch
 
-        from yolo_compile.frames import cpu_letterboxed
+        from yolo_compile.gpu.frames import cpu_letterboxed
 
         self.ev_up[k].synchronize()  # the previous upload from this pinned buffer has finished
         buf = self.host[k].numpy()
@@ -590,7 +590,7 @@ def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict
     (thread 2, stream post); events order the streams, the ring's slots are reused only when their users are done."""
     import torch
 
-    from yolo_compile.frames import nms
+    from yolo_compile.gpu.frames import torch_nms as nms
 
     s_dec, s_inf, s_post = streams
     n = len(batches)
@@ -673,7 +673,7 @@ def run_serial(model: Model, pre: Pre, batches) -> dict:
     """Each batch decode -> infer -> NMS, one after another on one stream; per-part times."""
     import torch
 
-    from yolo_compile.frames import nms
+    from yolo_compile.gpu.frames import torch_nms as nms
 
     parts = {"decode_ms": [], "infer_ms": [], "nms_ms": []}
     lat = []
@@ -704,7 +704,7 @@ def diff_vs_cpu(model: Model, pre: Pre, frames) -> tuple[float, float]:
     """(max, mean) |difference| of this path's letterboxed uint8 batch from the CPU letterbox, in 0..255 levels."""
     import torch
 
-    from yolo_compile.frames import cpu_letterboxed
+    from yolo_compile.gpu.frames import cpu_letterboxed
 
     pre.stage(frames, 0, model.inp[0])
     torch.cuda.synchronize()
@@ -744,7 +744,7 @@ def measure_config(args, pcie: Pcie, calib: dict, net, res_name: str, jpegs, bat
     import cv2
     import torch
 
-    from yolo_compile.frames import nms
+    from yolo_compile.gpu.frames import torch_nms as nms
 
     size = args.imgsz
     h, w = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
@@ -1091,7 +1091,7 @@ def main() -> int:
     import torch
 
     from gpu_input import frames_at
-    from yolo_compile import frames
+    from yolo_compile.runtimes import pytorch
 
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure here")
@@ -1100,7 +1100,7 @@ def main() -> int:
     env = versions()
     print(json.dumps(env), flush=True)
     try:
-        from yolo_compile.bandwidth import LINKS
+        from yolo_compile.bandwidth.links import LINKS
 
         args.link_gbs = LINKS[f"pcie{env['pcie_gen']}_x{env['pcie_width']}"][1]
     except Exception:
@@ -1113,8 +1113,8 @@ def main() -> int:
     except Exception as e:
         failed.append(f"calibration: {type(e).__name__}: {str(e)[:300]}")
         traceback.print_exc()
-    net16 = frames.load_torch_detector(args.checkpoint, "cuda", half=True)
-    net32 = frames.load_torch_detector(args.checkpoint, "cuda", half=False)
+    net16 = pytorch.load_torch_detector(args.checkpoint, "cuda", half=True)
+    net32 = pytorch.load_torch_detector(args.checkpoint, "cuda", half=False)
     rows, stages, before_after_rows, prediction, goal = [], [], [], [], []
     import cv2
 

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import papermill as pm
 
-from yolo_compile import build, calibrate, export, quantize, runs
-from yolo_compile.report import write_report
-from yolo_compile.workflow import notebook_for, reference_defaults
+from yolo_compile import runs
+from yolo_compile.stages import build
+from yolo_compile.stages import calibrate
+from yolo_compile.stages import export
+from yolo_compile.stages import quantize
+from yolo_compile.report.html import write_report
+from yolo_compile.pipeline.workflow import notebook_for, reference_defaults
 
 
 def main() -> int:

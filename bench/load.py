@@ -41,7 +41,7 @@ def check_run(run: Path) -> list[str]:
     """Return the problems found in one run folder (empty: intact)."""
     import numpy as np
 
-    from yolo_compile import runs
+    from yolo_compile import fileio, runs
 
     problems = []
     try:
@@ -52,7 +52,7 @@ def check_run(run: Path) -> list[str]:
         problems.append(f"{run.name}: manifest names another run folder {m.get('run_dir')}")
     for rel, o in m.get("outputs", {}).items():
         f = run / rel
-        if not f.is_file() or runs.sha256(f) != o["sha256"]:
+        if not f.is_file() or fileio.sha256(f) != o["sha256"]:
             problems.append(f"{run.name}/{rel}: differs from its manifest hash (torn or overwritten)")
     for f in run.rglob("*"):
         if f.name.startswith(".") and f.name != ".lock":
@@ -77,7 +77,7 @@ def check_run(run: Path) -> list[str]:
 def check_cache(cache: Path) -> list[str]:
     import numpy as np
 
-    from yolo_compile import stagecache
+    from yolo_compile.pipeline import stagecache
 
     problems = []
     for npy in (cache / "tensors").glob("*.npy"):

@@ -61,7 +61,7 @@ def bench_study(args, work: Path, sets: dict, checkpoint: Path) -> None:
     """Print the compare stage's full study (sensitivity + recipe search) serial vs study_workers=N, same results."""
     import conftest
 
-    from yolo_compile import compare
+    from yolo_compile.stages import compare
     from yolo_compile.errors import CompareError
 
     src, data = conftest.make_confident_run(checkpoint, sets["calib"], work / "confident")
@@ -123,8 +123,8 @@ def bench_matrix(args, work: Path, sets: dict, a: Path) -> None:
     import yaml
 
     import conftest
-    from yolo_compile import matrix
-    from yolo_compile.workflow import run_workflow
+    from yolo_compile.pipeline import matrix
+    from yolo_compile.pipeline.workflow import run_workflow
 
     import torch
     from ultralytics import YOLO

@@ -21,7 +21,8 @@ TARGETS = {("max", 32): (30, 2.5), ("entropy", 32): (60, 2.5), ("max", 128): (60
 
 CHILD = r"""
 import json, resource, sys, time
-from yolo_compile import calibrate, quantize
+from yolo_compile.stages import calibrate
+from yolo_compile.stages import quantize
 run_dir, n, method = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calibrate.run(calibrate.CalibrateConfig(calib_dir=sys.argv[4], calib_images=n), run_dir)
 t = time.perf_counter()
@@ -36,8 +37,8 @@ def main() -> int:
     ap.add_argument("--methods", default="max,entropy")
     ap.add_argument("--imgsz", type=int, default=640)
     args = ap.parse_args()
-    from yolo_compile import export
-    from yolo_compile.workflow import reference_defaults
+    from yolo_compile.stages import export
+    from yolo_compile.pipeline.workflow import reference_defaults
 
     ref = reference_defaults()
     base = Path(tempfile.mkdtemp(prefix="bench-quantize-"))

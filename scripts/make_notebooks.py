@@ -16,7 +16,9 @@ from pathlib import Path
 import nbformat
 
 from yolo_compile import STAGES
-from yolo_compile.workflow import config_class, notebook_for, reference_defaults
+from yolo_compile.pipeline import registry
+from yolo_compile.pipeline.registry import config_class
+from yolo_compile.pipeline.workflow import notebook_for, reference_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 TITLES = {
@@ -57,15 +59,16 @@ def parameters_cell(stage: str) -> str:
 
 def make(stage: str) -> nbformat.NotebookNode:
     names = [f.name for f in dataclasses.fields(config_class(stage))]
+    package, _, module = registry.get(stage).module.__name__.rpartition(".")
     args = ", ".join(f"{n}={n}" for n in names)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                    "language_info": {"name": "python"}}
     nb.cells = [
         nbformat.v4.new_markdown_cell(f"# {STAGES.index(stage) + 1}. {TITLES[stage]}\n\n"
-                                      f"Logic lives in `yolo_compile.{stage}`; this notebook is its reviewable record."),
+                                      f"Logic lives in `{package}.{module}`; this notebook is its reviewable record."),
         nbformat.v4.new_code_cell(parameters_cell(stage), metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(f"from yolo_compile import notebook, {stage}\n\n"
+        nbformat.v4.new_code_cell(f"from yolo_compile.pipeline import notebook\nfrom {package} import {module}\n\n"
                                   f"cfg = notebook.setup({stage!r}, run_dir, {args})\ncfg"),
         nbformat.v4.new_code_cell(f"result = {stage}.run(cfg, run_dir)"),
         nbformat.v4.new_code_cell("notebook.show(result, run_dir)"),

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
-from yolo_compile import reference as ref  # noqa: E402
+from yolo_compile.reference import tasks as ref  # noqa: E402
 
 log = logging.getLogger("make_reference")
 BUILD = ROOT / "build"
@@ -238,8 +238,9 @@ def _project_map(task: ref.Task, work: Path, imgsz: int) -> dict:
     import numpy as np
     import onnxruntime
 
-    from yolo_compile import accuracy, images
-    from yolo_compile.export import ExportConfig, run as export
+    from yolo_compile import images
+    from yolo_compile.evaluate import accuracy
+    from yolo_compile.stages.export import ExportConfig, run as export
 
     t0 = time.perf_counter()
     res = export(ExportConfig(model=str(task.model), imgsz=imgsz), work / "export")

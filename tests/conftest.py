@@ -99,7 +99,9 @@ def make_tiny_checkpoint(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def quantized_run(tmp_path_factory, image_sets, tiny_checkpoint) -> Path:
     """A run folder where export, calibrate and quantize (mixed, CPU target) ran on the tiny checkpoint at 64 px."""
-    from yolo_compile import calibrate, export, quantize
+    from yolo_compile.stages import calibrate
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
 
     run_dir = tmp_path_factory.mktemp("run")
     export.run(export.ExportConfig(model=str(tiny_checkpoint), imgsz=IMGSZ), run_dir)
@@ -121,9 +123,10 @@ def finished_run(tmp_path_factory, quantized_run, image_sets) -> Path:
     """A finished run folder: quantized_run's stages, the calibrate notebook executed by papermill, report, hashes."""
     import papermill as pm
 
-    from yolo_compile import notebook, runs
-    from yolo_compile.report import write_report
-    from yolo_compile.workflow import notebook_for
+    from yolo_compile import runs
+    from yolo_compile.pipeline import notebook
+    from yolo_compile.report.html import write_report
+    from yolo_compile.pipeline.workflow import notebook_for
 
     run = tmp_path_factory.mktemp("finished") / "20260101T000000Z-0000test"
     shutil.copytree(quantized_run, run)
@@ -164,7 +167,11 @@ def make_confident_run(checkpoint: Path, calib: Path, root: Path) -> tuple[Path,
     import torch
     from ultralytics import YOLO
 
-    from yolo_compile import calibrate, detections, export, images, quantize, runs
+    from yolo_compile import images, runs
+    from yolo_compile.stages import calibrate
+    from yolo_compile.evaluate import detections
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
 
     root.mkdir(parents=True, exist_ok=True)
     model = YOLO(str(checkpoint))

@@ -7,8 +7,8 @@ import dataclasses
 import logging
 import sys
 
-from . import STAGES
-from .errors import CompileError
+from yolo_compile import STAGES
+from yolo_compile.errors import CompileError
 
 
 def _parse_set(items: list[str]) -> dict[str, str]:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--no-recalibrate", dest="recalibrate", action="store_false",
                    help="keep the first ranges for every epoch (default: reset them from the calibration images each epoch)")
     q.add_argument("--fused-kernels", action="store_true", help="ModelOpt's CUDA fake-quant kernels (built with nvcc)")
-    from .archive import add_commands
+    from yolo_compile.report.archive import add_commands
 
     add_commands(sub)  # ls, diff, verify, gc, review
     args = ap.parse_args(argv)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     verbose = getattr(args, "verbose", False)
     _quiet_logging(verbose)
-    from .workflow import config_class, resume, run_workflow
+    from yolo_compile.pipeline.workflow import config_class, resume, run_workflow
 
     if args.cmd == "params":
         for stage in STAGES:
@@ -110,7 +110,7 @@ def _stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM stop a compile: the runner marks it `interrupted` and kills its kernels."""
     import signal
 
-    from .workflow import Interrupted
+    from yolo_compile.pipeline.execute import Interrupted
 
     def stop(signum, frame):
         raise Interrupted(signal.Signals(signum).name)
@@ -136,7 +136,7 @@ def _print_next_step(run_dir) -> None:
 
 
 def _matrix(args) -> int:
-    from .matrix import run_matrix
+    from yolo_compile.pipeline.matrix import run_matrix
 
     try:
         folder, result = run_matrix(args.file, address=args.address, artifacts=args.artifacts, workers=args.workers,
@@ -157,7 +157,7 @@ def _matrix(args) -> int:
 
 
 def _qat(args) -> int:
-    from .qat import QatConfig, run
+    from yolo_compile.qat.finetune import QatConfig, run
 
     try:
         res = run(QatConfig(run_dir=args.run_dir, train_data=args.data, out=args.out, epochs=args.epochs, lr=args.lr,

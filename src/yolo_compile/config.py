@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from yolo_compile.errors import ConfigError
 
 TARGETS = ("auto", "tensorrt", "cpu")
+
+
+def path_field(default: Any = dataclasses.MISSING, *, kind: str = "file") -> Any:
+    """Declare a config field whose value names a file or folder: the one declaration the workflow (relative paths,
+    the manifest's inputs), validation and the stage key (its content hashed) all read, through
+    pipeline.registry.path_params. kind 'json': a path only when the value ends with .json (else text)."""
+    if kind not in ("file", "json"):
+        raise ValueError(f"path_field kind {kind!r}: expected 'file' or 'json'")
+    return dataclasses.field(default=default, metadata={"path": kind})
 
 
 def _coerce(name: str, value: Any, kind: Any) -> Any:
@@ -81,21 +88,3 @@ def check_positive(name: str, value: float) -> None:
     """Raise ConfigError unless value > 0."""
     if not value > 0:
         raise ConfigError(f"parameter '{name}' = {value!r}: must be greater than 0")
-
-
-def tensorrt_available() -> tuple[bool, str]:
-    """Return (usable, reason): TensorRT importable and an NVIDIA GPU visible to the driver."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return False, "the Python package 'tensorrt' is not installed (pip install 'yolo-compile[tensorrt]' on an NVIDIA host)"
-    gpus = Path("/proc/driver/nvidia/gpus")
-    if not (gpus.is_dir() and any(gpus.iterdir())) and not os.environ.get("YOLO_COMPILE_ASSUME_GPU"):
-        return False, "no NVIDIA GPU is visible (/proc/driver/nvidia/gpus is empty)"
-    return True, "tensorrt imports and an NVIDIA GPU is present"
-
-
-def resolve_target(target: str) -> str:
-    """Return 'tensorrt' or 'cpu' for a target parameter ('auto' picks TensorRT where it can run)."""
-    check_choice("target", target, TARGETS)
-    if target != "auto":
-        return target
-    return "tensorrt" if tensorrt_available()[0] else "cpu"

@@ -47,3 +47,15 @@ class InputError(ConfigError):
 
 class BandwidthError(CompileError):
     pass
+
+
+class MatrixError(CompileError):
+    """A matrix file is malformed, or a cluster cannot run what it asks for."""
+
+
+class QatError(CompileError):
+    """Quantization-aware fine-tuning cannot start or finish (no CUDA, a bad checkpoint, a run folder without a placement)."""
+
+
+class ReferenceAssetError(CompileError):
+    """A committed reference asset is missing or does not match its recorded checksum."""

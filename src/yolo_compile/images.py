@@ -27,7 +27,7 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def read_bgr(path: str | Path) -> np.ndarray:
     """Return an image as HxWx3 uint8 BGR; raise ValueError naming the file if it cannot be decoded."""
-    img, why = decode(Path(path).read_bytes())
+    img, why = decode_image(Path(path).read_bytes())
     if img is None:
         raise ValueError(f"{path}: {why}; remove or replace the file (jpg, png, bmp, tif)")
     return img
@@ -66,8 +66,7 @@ def write_array(paths: list[Path], size: int, out: Path, desc: str = "images") -
     """
     from tqdm.auto import tqdm
 
-    from .runs import atomic_path
-
+    from yolo_compile.fileio import atomic_path
     stats = []
     with atomic_path(out) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), 3, size, size))
@@ -79,10 +78,18 @@ def write_array(paths: list[Path], size: int, out: Path, desc: str = "images") -
     return stats
 
 
+def sample(paths: list[Path], n: int, seed: int) -> list[Path]:
+    """Return n of paths chosen by a seeded permutation, in their original (sorted) order."""
+    if n >= len(paths):
+        return list(paths)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(paths))[:n])
+    return [paths[i] for i in pick]
+
+
 MIN_SIDE = 8  # smaller than this on a side is a placeholder (a 1x1 pixel), not a camera frame
 
 
-def decode(data: bytes) -> tuple[np.ndarray | None, str]:
+def decode_image(data: bytes) -> tuple[np.ndarray | None, str]:
     """Return (HxWx3 uint8 BGR, "") for an image file's bytes decoded fully, or (None, why it is skipped).
 
     Every file goes the same way: Pillow decodes it completely first (a truncated JPEG or PNG fails there,
@@ -145,8 +152,7 @@ def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str 
     Undecodable files are skipped and named in .skipped (never rewritten); the cache entry is built under a
     lock, so concurrent runs asking for the same images wait for one decode instead of colliding.
     """
-    from .runs import file_lock, sha256
-
+    from yolo_compile.fileio import file_lock, sha256
     paths = [Path(p) for p in paths]
     hashes = [sha256(p) for p in paths]
     key = set_key(hashes, size)
@@ -165,7 +171,7 @@ def preprocessed(paths: list[Path], size: int, cache_dir: str | Path, desc: str 
 def _load_one(path: Path, sha: str, size: int) -> tuple[np.ndarray | None, str]:
     """Return one file as its (3, size, size) RGB letterboxed uint8 tensor, or (None, why it is skipped)."""
     data = path.read_bytes()
-    img, why = decode(data)
+    img, why = decode_image(data)
     if img is not None and hashlib.sha256(data).hexdigest() != sha:
         return None, "changed while being read"
     if img is None:
@@ -177,8 +183,7 @@ def _build(paths: list[Path], hashes: list[str], size: int, key: str, out: Path,
     """Decode, letterbox and store the images (uint8) at out, and their stats and skips at meta (both atomic)."""
     from tqdm.auto import tqdm
 
-    from .runs import atomic_path, check_free_space, write_json
-
+    from yolo_compile.fileio import atomic_path, check_free_space, write_json
     check_free_space(out.parent, len(paths) * 3 * size * size, "image tensor cache")
     stats, kept, skipped = [], [], []
     with atomic_path(out) as tmp:

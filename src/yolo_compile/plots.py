@@ -27,8 +27,7 @@ def save(fig, path: Path) -> Path:
     """Write fig as a PNG at path (atomically), close it, and return path."""
     import matplotlib.pyplot as plt
 
-    from .runs import atomic_path
-
+    from yolo_compile.fileio import atomic_path
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -156,3 +155,16 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
                      f'<text x="{left + pw + 24}" y="{top + j * 16 + 9}" font-size="10">{_esc(name[:32])}</text>')
     return (f'<svg class="chart" role="img" aria-label="{_esc(title)}" viewBox="0 0 {width} {height}" width="{width}" '
             f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def grouped_bars(ax, rows: list[dict], series: str, group: str, value: str, group_label: str, ylabel: str) -> None:
+    """Draw one bar series per distinct rows[series], grouped by rows[group], heights rows[value]."""
+    names = list(dict.fromkeys(r[series] for r in rows))
+    groups = sorted({r[group] for r in rows})
+    width = 0.8 / len(names)
+    for i, m in enumerate(names):
+        vals = [next((r[value] for r in rows if r[series] == m and r[group] == g), 0) for g in groups]
+        ax.bar([j + i * width for j in range(len(groups))], vals, width, label=m)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(groups))], [f"{group_label} {g}" for g in groups])
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6)

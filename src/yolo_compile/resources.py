@@ -11,10 +11,11 @@ from __future__ import annotations
 from importlib import resources as _resources
 from pathlib import Path
 
-from .errors import CompileError
+from yolo_compile.errors import CompileError
 
 DATA_DIRS = ("notebooks", "workflows", "models", "calib_data", "data")
-_CHECKOUT = Path(__file__).resolve().parents[2]  # src/yolo_compile -> the repository root in a checkout
+# The repository root in a checkout (src/yolo_compile/resources.py -> the root): the one place that knows the depth.
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def path(name: str) -> Path:
@@ -24,9 +25,9 @@ def path(name: str) -> Path:
     packaged = _resources.files("yolo_compile") / name  # a wheel (or any install that copied the data)
     if isinstance(packaged, Path) and packaged.is_dir():
         return packaged
-    if (_CHECKOUT / name).is_dir() and (_CHECKOUT / "pyproject.toml").is_file():  # a checkout or editable install
-        return _CHECKOUT / name
-    raise CompileError(f"package data folder {name!r} not found in {packaged} nor in {_CHECKOUT}: reinstall "
+    if (CHECKOUT / name).is_dir() and (CHECKOUT / "pyproject.toml").is_file():  # a checkout or editable install
+        return CHECKOUT / name
+    raise CompileError(f"package data folder {name!r} not found in {packaged} nor in {CHECKOUT}: reinstall "
                        "yolo-compile from a wheel or run from a checkout")
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from yolo_compile.archive import SCREENSHOT, verify_run
+from yolo_compile.report.archive import SCREENSHOT, verify_run
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 VIEWPORT = {"width": 1280, "height": 800}

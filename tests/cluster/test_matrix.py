@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from yolo_compile import matrix, runs
+from yolo_compile import runs
+from yolo_compile.pipeline import matrix
 from yolo_compile.errors import CompileError
 
 from conftest import IMGSZ
@@ -131,7 +132,7 @@ def test_a_matrix_on_a_three_node_cluster_equals_serial_runs_and_survives_a_lost
         tmp_path, cluster, tiny_checkpoint, second_checkpoint, image_sets):
     import ray
 
-    from yolo_compile.workflow import run_workflow
+    from yolo_compile.pipeline.workflow import run_workflow
 
     doomed = cluster.add_node(num_cpus=1)
     cluster.add_node(num_cpus=1, resources={"spare": 1})

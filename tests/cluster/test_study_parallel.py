@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import IMGSZ, activation_scales, make_confident_run
-from yolo_compile import compare, images, runs, study, study_parallel
+from yolo_compile import fileio, images, runs
+from yolo_compile.stages import compare
+from yolo_compile.quant import study
+from yolo_compile.quant import study_ray as study_parallel
 from yolo_compile.errors import CompareError
 
 
@@ -67,14 +70,14 @@ def test_a_variant_built_on_a_ray_worker_is_the_file_the_serial_study_builds(qua
     exp, quant = runs.read_result(run, "export"), runs.read_result(run, "quantize")
     arr = np.stack([images.load_tensor(p, IMGSZ) for p in sorted(image_sets["eval"].glob("*.jpg"))])
     st = study.Study(cfg, run, exp, quant, arr, images.run_onnx(run / exp["onnx"], arr, exp["input_name"]), set())
-    st.quantize(st.dir / "model.int8_all.onnx")
-    exclude = [r"/model\.0/conv/Conv$"]
-    with study_parallel.fan_out(st) as fan:
-        assert st.fan is fan
-        key = fan.submit("judge", exclude, [])
-        verdict = fan.result(key)
-        on_worker = fan.hashes[key]
-    assert st.fan is None and not ray.is_initialized()
-    local = st.quantize(tmp_path / "variant.onnx", exclude=exclude)
-    assert runs.sha256(local) == on_worker, "the same Q/DQ graph and the same scales, byte for byte"
+    with st:
+        st.quantize(st.dir / "model.int8_all.onnx")
+        exclude = [r"/model\.0/conv/Conv$"]
+        with study_parallel.fan_out(st) as fan:
+            key = fan.submit("judge", exclude, [])
+            verdict = fan.result(key)
+            on_worker = fan.hashes[key]
+        assert not ray.is_initialized()
+        local = st.quantize(tmp_path / "variant.onnx", exclude=exclude)
+    assert fileio.sha256(local) == on_worker, "the same Q/DQ graph and the same scales, byte for byte"
     assert activation_scales(local) and verdict == st.judge.judge(images.run_onnx(local, arr, exp["input_name"]))

@@ -9,13 +9,17 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
 
-from yolo_compile import build, frames, images, throughput  # noqa: E402
+from yolo_compile import images
+from yolo_compile.stages import build
+from yolo_compile.gpu import frames
+from yolo_compile.runtimes import pytorch
+from yolo_compile.stages import throughput  # noqa: E402
 
 from conftest import IMGSZ  # noqa: E402
 
 
 def test_gpu_letterbox_matches_the_cpu_tensor(image_sets, tiny_checkpoint):
-    net = frames.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    net = pytorch.load_torch_detector(tiny_checkpoint, "cuda", half=True)
     files = images.list_images(image_sets["eval"])[:2]
     jpegs = [f.read_bytes() for f in files]
     pipe = frames.GpuPipeline(net, "gpu decode (nvJPEG)", 2, IMGSZ)
@@ -31,7 +35,7 @@ def test_gpu_letterbox_matches_the_cpu_tensor(image_sets, tiny_checkpoint):
 
 
 def test_every_path_runs_serial_and_overlapped(image_sets, tiny_checkpoint):
-    net = frames.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    net = pytorch.load_torch_detector(tiny_checkpoint, "cuda", half=True)
     jpegs = frames.read_jpegs(image_sets["eval"], 8)
     batches = [jpegs[i:i + 2] for i in range(0, 8, 2)]
     for path in frames.PATHS:
@@ -74,7 +78,7 @@ def test_gpu_input_bench_nvimgcodec_path_matches_the_cpu_letterbox(image_sets, t
     spec = importlib.util.spec_from_file_location("gpu_input", Path(__file__).parents[2] / "bench" / "gpu_input.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    net = frames.load_torch_detector(tiny_checkpoint, "cuda", half=True)
+    net = pytorch.load_torch_detector(tiny_checkpoint, "cuda", half=True)
     jpegs = frames.read_jpegs(image_sets["eval"], 2)
     pipe = bench.make_pipeline(net, bench.NVIMGCODEC, 2, IMGSZ)
     try:
@@ -101,6 +105,6 @@ def test_nms_one_sync_split_matches_torchvision_batched_nms():
     boxes = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
     keep = _batched_nms_coordinate_trick(boxes, scores[b, a], b * x.shape[-1] + cls[b, a], 0.7)
     want = torch.cat([boxes[keep], scores[b, a][keep, None], cls[b, a][keep, None].float()], 1)
-    got = frames.nms(pred)
+    got = frames.torch_nms(pred)
     for i, d in enumerate(got):
         assert torch.equal(d, want[b[keep] == i][:300])

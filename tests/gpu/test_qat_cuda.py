@@ -10,7 +10,10 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA device (torch.cuda.is_available() is False)", allow_module_level=True)
 pytest.importorskip("modelopt.torch.quantization", reason="ModelOpt's torch API (it imports huggingface_hub)")
 
-from yolo_compile import export, qat, runs, validate  # noqa: E402
+from yolo_compile import fileio, runs
+from yolo_compile.stages import export
+from yolo_compile.qat import finetune as qat
+from yolo_compile.pipeline import validate  # noqa: E402
 
 from conftest import IMGSZ  # noqa: E402
 
@@ -24,7 +27,7 @@ def test_qat_writes_a_plain_checkpoint_the_compile_takes(run_copy, image_sets, t
                                 epochs=2, batch=2, workers=0, calibration="entropy"))
     assert res.status == "passed" and len(res.losses) == 2 and res.calibration == "entropy"
     assert res.placement["int8"] > 0 and not res.placement["unmatched"]
-    assert (tmp_path / "qat" / "qat.json").is_file() and runs.sha256(res.checkpoint) == res.sha256
+    assert (tmp_path / "qat" / "qat.json").is_file() and fileio.sha256(res.checkpoint) == res.sha256
     ckpt = torch.load(res.checkpoint, weights_only=False, map_location="cpu")
     assert not ckpt.get("modelopt")  # a plain checkpoint: nothing of ModelOpt is needed to load it
     assert not any("quantizer" in k for k in ckpt["model"].state_dict())

@@ -11,8 +11,9 @@ import pytest
 pytestmark = pytest.mark.gpu
 trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: pip install 'yolo-compile[tensorrt]' on an NVIDIA host")
 
-from yolo_compile import build, throughput  # noqa: E402
-from yolo_compile.config import tensorrt_available  # noqa: E402
+from yolo_compile.stages import build
+from yolo_compile.stages import throughput  # noqa: E402
+from yolo_compile.runtimes.tensorrt import tensorrt_available  # noqa: E402
 from yolo_compile.errors import BuildError  # noqa: E402
 
 from conftest import IMGSZ  # noqa: E402
@@ -20,7 +21,9 @@ from conftest import IMGSZ  # noqa: E402
 
 @pytest.fixture
 def trt_run(tmp_path_factory, image_sets, tiny_checkpoint):
-    from yolo_compile import calibrate, export, quantize
+    from yolo_compile.stages import calibrate
+    from yolo_compile.stages import export
+    from yolo_compile.stages import quantize
 
     ok, why = tensorrt_available()
     if not ok:

@@ -11,8 +11,8 @@ import nbformat
 import papermill as pm
 import pytest
 
-from yolo_compile import STAGES, runs
-from yolo_compile.workflow import config_class, notebook_for
+from yolo_compile import STAGES, fileio
+from yolo_compile.pipeline.workflow import config_class, notebook_for
 
 from conftest import IMGSZ
 
@@ -72,11 +72,11 @@ def test_default_workflow_on_cpu_passes_every_stage(tmp_path, tiny_checkpoint, i
     assert cmp["accuracy"]["images"] == 6 and len(cmp["recipes"]) == 4
     assert cmp["sensitivity"]["ranked"][0]["group"] and "search" in cmp["sensitivity"]
     assert m["status"] == "passed" and m["parameters"]["imgsz"] == IMGSZ and m["parameters"]["batch_sizes"] == [1, 2]
-    assert m["inputs"]["model"]["sha256"] == runs.sha256(tiny_checkpoint)
+    assert m["inputs"]["model"]["sha256"] == fileio.sha256(tiny_checkpoint)
     assert m["tools"]["nvidia-modelopt"] and m["tools"]["polygraphy"] and "tensorrt" in m["tools"]
     for stage in STAGES:
         assert (run_dir / notebook_for(stage).name).is_file()
-        assert m["outputs"][f"{stage}/result.json"]["sha256"] == runs.sha256(run_dir / stage / "result.json")
+        assert m["outputs"][f"{stage}/result.json"]["sha256"] == fileio.sha256(run_dir / stage / "result.json")
     report = (run_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 4 and "quant-mixed" in report and "Layer sensitivity" in report
     build = json.loads((run_dir / "build" / "result.json").read_text())
@@ -84,7 +84,7 @@ def test_default_workflow_on_cpu_passes_every_stage(tmp_path, tiny_checkpoint, i
 
 
 def test_tensorrt_target_without_tensorrt_ends_with_build_and_throughput_skipped(tmp_path, tiny_checkpoint, image_sets):
-    from yolo_compile.config import tensorrt_available
+    from yolo_compile.runtimes.tensorrt import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT and a GPU are present: the full TensorRT path runs instead (tests/gpu)")
@@ -133,7 +133,7 @@ def test_a_user_model_must_bring_its_own_images(tmp_path, tiny_checkpoint):
 
 
 def test_relative_paths_are_resolved_before_kernels_start_in_the_run_folder(tmp_path, monkeypatch):
-    from yolo_compile.workflow import load_workflow, resolve_params
+    from yolo_compile.pipeline.workflow import load_workflow, resolve_params
 
     recipe = tmp_path / "nodes_to_exclude.json"
     recipe.write_text('["/model\\\\.0/conv/Conv$"]')

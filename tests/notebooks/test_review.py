@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from yolo_compile.workflow import notebook_for
+from yolo_compile.pipeline.workflow import notebook_for
 
 
 def test_an_executed_notebook_re_executed_by_hand_reproduces_its_stage(finished_run, tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from yolo_compile import runs, workflow
+from yolo_compile import fileio
+from yolo_compile.pipeline import workflow
 
 from conftest import IMGSZ
 
@@ -117,7 +118,7 @@ def test_warm_rerun_reuses_every_stage(tmp_path, tiny_checkpoint, image_sets):
     assert all(s["cached"] for s in manifest["stages"].values())
     assert time.perf_counter() - t0 < 60
     assert not os.access(run / "export" / "model.onnx", os.W_OK) or os.geteuid() == 0
-    assert runs.sha256(run / "export" / "model.onnx") == manifest["stages"]["export"]["outputs"]["export/model.onnx"]["sha256"]
+    assert fileio.sha256(run / "export" / "model.onnx") == manifest["stages"]["export"]["outputs"]["export/model.onnx"]["sha256"]
 
 
 def _kernels_in(folder: Path) -> list[int]:

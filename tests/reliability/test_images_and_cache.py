@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from yolo_compile import images, runs, stagecache
-from yolo_compile.errors import RunFolderError
+from yolo_compile import images, runs
+from yolo_compile.pipeline import stagecache
+from yolo_compile.runtimes import tensorrt
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_odd_images_decode_or_are_skipped_by_name_and_inputs_stay(odd_images, tm
     kept = {p.name for p in a.files}
     assert {"grey.png", "cmyk.jpg", "rgba.png", "deep16.png", "exif.jpg"} <= kept
     assert a.array.shape == (len(paths) - 3, 3, 64, 64) and a.array.dtype == np.uint8
-    exif = images.decode((odd_images / "exif.jpg").read_bytes())[0]
+    exif = images.decode_image((odd_images / "exif.jpg").read_bytes())[0]
     assert exif.shape[:2] == (64, 48)  # upright, as Ultralytics sees it
     b = images.preprocessed(paths, 64, tmp_path / "cache2")  # same files, fresh cache: the same bytes every time
     assert np.array_equal(np.asarray(a.array), np.asarray(b.array)) and a.key == b.key
@@ -119,18 +120,30 @@ def test_a_rewrite_with_the_same_bytes_is_seen(tmp_path):
 
 
 def test_engine_and_timing_cache_identity(tmp_path):
-    a = stagecache.tensorrt_identity("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
-    b = stagecache.tensorrt_identity("11.0.0", "NVIDIA H100 80GB HBM3", "9.0")
-    c = stagecache.tensorrt_identity("10.13.0", "NVIDIA L4", "8.9")
-    paths = {stagecache.timing_cache_path(tmp_path, x) for x in (a, b, c)}
-    assert len(paths) == 3 and stagecache.timing_cache_path(tmp_path, a) == stagecache.timing_cache_path(tmp_path, dict(a))
-    assert stagecache.identity_key(a, "m1") != stagecache.identity_key(a, "m2")
-    plan = tmp_path / "model.plan"
-    plan.write_bytes(b"engine")
-    rec = {"engine_sha256": runs.sha256(plan), "identity": a}
-    stagecache.check_engine(plan, rec, a)
-    with pytest.raises(RunFolderError, match="tensorrt 10.13.0 != 11.0.0"):
-        stagecache.check_engine(plan, rec, b)
-    plan.write_bytes(b"engine2")
-    with pytest.raises(RunFolderError, match="not the one its manifest records"):
-        stagecache.check_engine(plan, rec, a)
+    a = tensorrt.tensorrt_identity("10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
+    b = tensorrt.tensorrt_identity("11.0.0", "NVIDIA H100 80GB HBM3", "9.0")
+    c = tensorrt.tensorrt_identity("10.13.0", "NVIDIA L4", "8.9")
+    paths = {tensorrt.timing_cache_path(tmp_path, x) for x in (a, b, c)}
+    assert len(paths) == 3 and tensorrt.timing_cache_path(tmp_path, a) == tensorrt.timing_cache_path(tmp_path, dict(a))
+    assert tensorrt.identity_key(a, "m1") != tensorrt.identity_key(a, "m2")
+
+
+def test_code_version_covers_every_subpackage(tmp_path):
+    """The cache key hashes the whole package: a changed module in any subpackage is a new key (never a stale hit)."""
+    pkg = shutil.copytree(stagecache.PACKAGE, tmp_path / "yolo_compile", ignore=shutil.ignore_patterns("__pycache__"))
+    notebooks = shutil.copytree(stagecache.resources.path("notebooks"), tmp_path / "notebooks")
+    key = stagecache.source_digest(pkg, notebooks)
+    assert key == stagecache.code_version()
+    for rel in ("quant/scales.py", "runtimes/openvino.py", "stages/quantize.py", "images.py"):
+        f = pkg / rel
+        before = f.read_text()
+        f.write_text(before + "\n# changed\n")
+        assert stagecache.source_digest(pkg, notebooks) != key, f"{rel}: a change there must change the cache key"
+        f.write_text(before)
+    (pkg / "quant" / "new_module.py").write_text("X = 1\n")
+    assert stagecache.source_digest(pkg, notebooks) != key
+    (pkg / "quant" / "new_module.py").unlink()
+    (pkg / "cli.py").write_text((pkg / "cli.py").read_text() + "\n# the CLI shapes no stage output\n")
+    assert stagecache.source_digest(pkg, notebooks) == key
+    (notebooks / "03_quantize.ipynb").write_text((notebooks / "03_quantize.ipynb").read_text() + " ")
+    assert stagecache.source_digest(pkg, notebooks) != key

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from yolo_compile import cli, validate
+from yolo_compile import cli
+from yolo_compile.pipeline import validate
 from yolo_compile.errors import InputError
 
 from conftest import IMGSZ

@@ -1,12 +1,13 @@
 import pytest
 
 from yolo_compile import config
-from yolo_compile.build import BuildConfig
-from yolo_compile.calibrate import CalibrateConfig
-from yolo_compile.compare import CompareConfig
+from yolo_compile.runtimes import registry, tensorrt
+from yolo_compile.stages.build import BuildConfig
+from yolo_compile.stages.calibrate import CalibrateConfig
+from yolo_compile.stages.compare import CompareConfig
 from yolo_compile.errors import ConfigError, ExportError
-from yolo_compile.export import ExportConfig
-from yolo_compile.quantize import QuantizeConfig
+from yolo_compile.stages.export import ExportConfig
+from yolo_compile.stages.quantize import QuantizeConfig
 
 
 def test_unknown_parameter_is_an_error_naming_expected_ones():
@@ -46,9 +47,9 @@ def test_choices_and_ranges_are_checked():
 
 
 def test_auto_target_is_cpu_without_tensorrt():
-    ok, reason = config.tensorrt_available()
-    assert config.resolve_target("auto") == ("tensorrt" if ok else "cpu")
-    assert config.resolve_target("cpu") == "cpu"
+    ok, reason = tensorrt.tensorrt_available()
+    assert registry.resolve_target("auto") == ("tensorrt" if ok else "cpu")
+    assert registry.resolve_target("cpu") == "cpu"
     if not ok:
         assert "tensorrt" in reason.lower() or "gpu" in reason.lower()
 
@@ -57,9 +58,23 @@ def test_importing_the_package_loads_no_heavy_backend():
     import subprocess
     import sys
 
-    code = ("import sys, yolo_compile.cli, yolo_compile.workflow\n"
-            "from yolo_compile import export, calibrate, quantize, compare, build, throughput, report\n"
+    code = ("import sys, yolo_compile.cli, yolo_compile.pipeline.workflow, yolo_compile.pipeline.registry\n"
+            "from yolo_compile.stages import export, calibrate, quantize, compare, build, throughput, bandwidth\n"
+            "from yolo_compile.report import html, archive\n"
+            "from yolo_compile.runtimes import registry\n"
+            "from yolo_compile.quant import candidates, graph, modelopt, nncf, scales, study\n"
             "print(','.join(m for m in ('torch', 'tensorrt', 'onnxruntime', 'modelopt', 'ultralytics', 'polygraphy', 'cv2')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_path_parameters_are_declared_once_on_the_config_fields():
+    """The workflow, validation and the stage key read one declaration (config.path_field), not lists of names."""
+    from yolo_compile.pipeline import registry as stage_registry
+    from yolo_compile.pipeline.workflow import file_params
+
+    assert stage_registry.path_params() == {"model": "file", "calib_dir": "file", "keep_float": "json", "data": "file",
+                                            "eval_dir": "file", "timing_cache": "file"}
+    assert file_params() == ["model", "calib_dir", "data", "eval_dir", "timing_cache"]
+    assert stage_registry.is_path("keep_float", "a/nodes.json") and not stage_registry.is_path("keep_float", "/model.0/")

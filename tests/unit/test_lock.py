@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
-from yolo_compile import runs
+from yolo_compile import fileio, runs
 
 LOCK = runs.REPO_ROOT / "constraints.txt"
 NOT_FROZEN = {"pip", "setuptools", "wheel", "distribute", "yolo-compile"}  # what `pip freeze` leaves out
@@ -32,7 +33,10 @@ def _lock() -> dict[str, str]:
 def test_installed_versions_are_the_locks():
     """A venv made by `make setup` (pip install -c constraints.txt) has exactly the lock's versions, nothing unpinned."""
     pins = _lock()
-    installed = {_canon(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    # Vendored copies are a library's private files, not installs: setuptools puts its _vendor folder (packaging,
+    # platformdirs...) on sys.path once anything imports it (torch, ModelOpt), so earlier tests would change the answer.
+    installed = {_canon(d.metadata["Name"]): d.version for d in metadata.distributions()
+                 if d.metadata["Name"] and "_vendor" not in Path(str(d.locate_file(""))).parts}
     drift = sorted(f"{n} {v} (lock: {pins[n]})" for n, v in installed.items() if n in pins and pins[n] != v)
     unpinned = sorted(f"{n} {v}" for n, v in installed.items() if n not in pins and n not in NOT_FROZEN)
     assert not drift, f"installed versions differ from constraints.txt: {', '.join(drift)}; run make setup (or make lock)"
@@ -50,6 +54,6 @@ def test_lock_pins_what_the_reference_frames_need():
 
 def test_the_manifest_records_the_lock(tmp_path):
     entry = runs.lock_entry()
-    assert entry == {"file": "constraints.txt", "sha256": runs.sha256(LOCK)}
+    assert entry == {"file": "constraints.txt", "sha256": fileio.sha256(LOCK)}
     runs.init_manifest(tmp_path, "default", {}, {})
     assert runs.read_manifest(tmp_path)["lock"]["sha256"] == entry["sha256"]

@@ -2,15 +2,15 @@ import json
 
 import pytest
 
-from yolo_compile import runs
+from yolo_compile import fileio, runs
 from yolo_compile.errors import RunFolderError
 
 
 def test_atomic_write_leaves_old_content_on_failure(tmp_path):
     target = tmp_path / "result.json"
-    runs.write_json(target, {"a": 1})
+    fileio.write_json(target, {"a": 1})
     with pytest.raises(RuntimeError):
-        with runs.atomic_path(target) as tmp:
+        with fileio.atomic_path(target) as tmp:
             tmp.write_text("half written")
             raise RuntimeError("boom")
     assert json.loads(target.read_text()) == {"a": 1}
@@ -22,7 +22,7 @@ def test_sha256_matches_hashlib(tmp_path):
 
     p = tmp_path / "f.bin"
     p.write_bytes(b"x" * 3_000_000)
-    assert runs.sha256(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+    assert fileio.sha256(p) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
 
 
 def test_run_dir_name_has_time_and_config_hash(tmp_path):
@@ -47,7 +47,7 @@ def test_manifest_records_stages_and_output_hashes(tmp_path):
     (tmp_path / "export" / "model.onnx").write_bytes(b"onnx")
     m = runs.finish_manifest(tmp_path, "passed")
     assert m["stages"]["export"] == {"status": "passed", "seconds": 1.5}
-    assert m["outputs"]["export/model.onnx"]["sha256"] == runs.sha256(tmp_path / "export" / "model.onnx")
+    assert m["outputs"]["export/model.onnx"]["sha256"] == fileio.sha256(tmp_path / "export" / "model.onnx")
     assert m["tools"]["onnxruntime"] and m["tools"]["python"]
     assert m["device"]["cores"] >= 1
 

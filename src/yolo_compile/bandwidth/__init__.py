@@ -1,0 +1,2 @@
+"""The bandwidth model: links, per-layer traffic, the measured feature delta, the GPU cross-check and plots.
+"""

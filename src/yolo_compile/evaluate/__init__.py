@@ -1,0 +1,2 @@
+"""Detection-aware accuracy: decoding and NMS (detections), mAP and agreement (accuracy).
+"""

@@ -1,0 +1,2 @@
+"""The GPU frame path (decode, letterbox, upload, infer, NMS) and CUDA device facts.
+"""

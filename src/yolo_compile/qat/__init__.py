@@ -1,0 +1,2 @@
+"""Quantization-aware fine-tuning (finetune) and the recipe that carries a compile's placement into it (recipe).
+"""

@@ -1,0 +1,135 @@
+"""The quantize stage's choice: build every candidate (quantizer x calibration, per-group mixes), measure, keep the best.
+
+The pieces: `builders` (the plan and how each candidate file is built), `scoring` (one scorer for all: mAP50-95 drop
+on the labeled split, or agreement with FP32 without labels, on the runtime that ships for the target),
+`recipe_search.best_first` (the search over float groups x per-group calibration), `explain` (the rows and why).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from yolo_compile import fileio
+from yolo_compile.errors import QuantizeError
+from yolo_compile.quant import explain
+from yolo_compile.quant.builders import Builders, plan
+from yolo_compile.quant.scoring import make_scorer
+
+log = logging.getLogger(__name__)
+
+
+class Search:
+    """Candidates for one quantize run; `run()` returns the winning row, `rows` and `chosen` what the result shows."""
+
+    def __init__(self, cfg, run_dir: Path, exp: dict, src: Path, work: Path, data: np.ndarray, exclude: list[str],
+                 kept: list[str], hp_dtype: str, target: str):
+        self.cfg, self.run_dir, self.exp, self.src, self.work, self.data = cfg, run_dir, exp, src, work, data
+        self.target = target
+        self.builders = Builders(run_dir, exp, src, work, data, exclude, kept, hp_dtype)
+        self.rows: list[dict] = []
+        self.chosen: dict = {}
+        self.scorer = None
+        self.search_summary: dict = {}
+
+    def score(self, row: dict) -> dict:
+        """Finalize a candidate and score it; the row gains drop_points and score_s."""
+        t = time.perf_counter()
+        self.builders.finalize(row)
+        row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"])
+        row["score_s"] = round(time.perf_counter() - t, 1)
+        log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
+        return row
+
+    def recipe_search(self, roots: list[dict]) -> list[dict]:
+        """Best-first search over extra float groups x per-group calibration from the scored uniform methods.
+
+        Each candidate is built from the cached template and statistics (no recalibration) and scored like the
+        others; a candidate that builds the same file as an earlier one is not scored again and costs no budget.
+        Returns the new rows; `self.search_summary` says what the search did.
+        """
+        from yolo_compile.quant.recipe_search import Recipe, best_first, report
+        from yolo_compile.quant.recipe_space import Space
+
+        t0 = time.perf_counter()
+        tpl = self.builders.template()
+        methods = tuple(dict.fromkeys(r["calibration"] for r in roots))
+        space = Space(self.src, tpl.path, tpl.raw_stats, self.builders.exclude, self.exp, self.builders.hp_dtype,
+                      self.data, self.work, methods)
+        by_recipe = {Recipe.of(r["calibration"]): r for r in roots}
+        by_sha = {fileio.sha256(self.work / r["file"]): r for r in roots}
+        new: list[dict] = []
+
+        def score(recipe: Recipe) -> tuple[float, str | None]:
+            name = f"search-{len(new) + 1:02d}.onnx"
+            space.build(recipe, self.work / name)
+            sha = fileio.sha256(self.work / name)
+            if sha in by_sha:  # the same file as an earlier candidate: its score, no budget spent
+                (self.work / name).unlink()
+                by_recipe[recipe] = by_sha[sha]
+                return by_sha[sha]["drop_points"], by_sha[sha]["calibration"]
+            row = {"quantizer": "modelopt", "calibration": recipe.label(), "file": name, "build_s": 0.0,
+                   "float_groups": sorted(recipe.floats), "keep_float": space.patterns(recipe)}
+            self.score(row)
+            by_sha[sha] = by_recipe[recipe] = row
+            new.append(row)
+            return row["drop_points"], None
+
+        accept = self.cfg.accept_drop if self.cfg.accept_drop > 0 else None
+        out = best_first([(Recipe.of(r["calibration"]), r["drop_points"]) for r in roots],
+                         lambda r: space.children(r, self.cfg.search_floats), score, self.cfg.search_budget,
+                         accept=accept, max_floats=self.cfg.search_floats)
+        steps, summary = report(out, lambda a, b: self.scorer.noise(by_recipe[a]["file"], by_recipe[b]["file"]))
+        for s in steps:  # the search's view of each candidate goes onto its row
+            row = next((r for r in new if r["calibration"] == s["label"] and not s["duplicate_of"]), None)
+            if row is not None:
+                row["search"] = {k: s[k] for k in ("parent", "depth", "overrides", "noise_vs_parent") if k in s}
+        self.search_summary = {"budget": self.cfg.search_budget, **summary, "groups": len(space.groups),
+                               "max_float_groups": self.cfg.search_floats, "placement_s": round(space.placement_s, 1),
+                               "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("recipe search: %d candidates scored (%s), best %s at %.3f points", out.scored, out.stopped,
+                 summary["best"], out.best_drop)
+        return new
+
+    def run(self) -> dict:
+        """Build and score the candidates in order; return the winning row (its files are in the work folder).
+
+        With accept_drop > 0 the search stops at the first candidate whose measured drop is within it: the
+        rest are listed as not tried, with the reason. Otherwise (or when none is within it) every candidate
+        is scored, then a best-first recipe search (`recipe_search`) over extra float groups and per-group
+        calibration from the scored ModelOpt methods, within search_budget candidates.
+        """
+        steps = plan(self.cfg, self.target, self.builders)
+        if not steps:
+            raise QuantizeError(f"quantizer={self.cfg.quantizer} has no candidate for target {self.target}")
+        if len(steps) == 1:
+            rows = steps[0][1]()
+            self.builders.finalize(rows[0])
+            self.rows, self.chosen = explain.only_candidate(rows[0])
+            return rows[0]
+        self.scorer = make_scorer(self.cfg, self.run_dir, self.exp, self.src, self.data, self.target)
+        rows, accepted, untried = [], None, []
+        for label, build in steps:
+            if accepted is not None:
+                untried.append(label)
+                continue
+            for row in build():
+                rows.append(self.score(row))
+                if 0 < self.cfg.accept_drop and row["drop_points"] <= self.cfg.accept_drop and accepted is None:
+                    accepted = row
+        mo = sorted((r for r in rows if r["quantizer"] == "modelopt"), key=lambda r: r["drop_points"])
+        if accepted is None and mo and mo[0]["drop_points"] > 0 and self.cfg.search_budget > 0:
+            rows += self.recipe_search(mo)
+        rows.sort(key=lambda r: r["drop_points"])
+        best = accepted or rows[0]
+        # the runner-up whose score differs: a candidate with identical detections (a step the split cannot see) has
+        # no difference to measure the noise of
+        second = next((r for r in rows if r is not best and r["drop_points"] != best["drop_points"]),
+                      next((r for r in rows if r is not best), None))
+        noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise(best["file"], "fp32")
+        self.rows, self.chosen = explain.choice(self.cfg, rows, best, second, accepted, untried, noise, self.scorer,
+                                                self.search_summary)
+        return best

@@ -1,0 +1,2 @@
+"""The reference tasks: synthetic AOI scenes, their image sets and the conveyor sequence.
+"""

@@ -1,0 +1,112 @@
+import json
+
+import onnx
+import pytest
+
+from yolo_compile.stages import quantize
+from yolo_compile.quant import graph as qgraph
+from yolo_compile.errors import QuantizeError
+
+
+def test_mixed_recipe_quantizes_backbone_and_keeps_head_float(quantized_run):
+    res = json.loads((quantized_run / "quantize" / "result.json").read_text())
+    assert res["recipe"] == "mixed" and res["high_precision_dtype"] == "fp32" and res["calibration_images"] == 8
+    assert res["op_counts"]["QuantizeLinear"] > 50
+    ops, quantized = qgraph.inspect_qdq(quantized_run / res["onnx"])
+    assert any(n.startswith("/model.1/") for n in quantized)
+    graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
+    head = qgraph.find_head(graph, 22)
+    assert not set(quantized) & set(head.kept_float)
+    assert res["stem_nodes"] == list(qgraph.find_stem(graph, "images")) == ["/model.0/conv/Conv"]
+    assert "/model.0/conv/Conv" not in quantized
+    assert len(head.output_convs) == 6 and head.dfl and any("Softmax" in n for n in head.dfl + head.decode)
+
+
+def test_int8_recipe_quantizes_the_head_too(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="int8", calibration_method="max", quantizer="modelopt"), run_copy)
+    assert any("/model.22/cv2.0/cv2.0.2/" in n for n in res.quantized_nodes)
+    assert res.head_nodes == []
+
+
+def test_tensorrt_target_keeps_the_head_in_fp16(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", recipe="mixed", calibration_method="max", quantizer="modelopt"), run_copy)
+    assert res.high_precision_dtype == "fp16"
+    model = onnx.load(str(run_copy / res.onnx))
+    init = {i.name: i.data_type for i in model.graph.initializer}
+    conv = next(n for n in model.graph.node if n.name == "/model.22/cv3.0/cv3.0.2/Conv")
+    assert init[conv.input[1]] == onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # I/O stays fp32
+    # the decode (box corners in pixels) computes in FP32: FP16's 0.25-0.5 px spacing at 320-640 px costs mAP50-95
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in list(typed.graph.value_info) + list(typed.graph.output)}
+    head = qgraph.find_head(model.graph, 22)
+    decode_out = [o for n in model.graph.node if n.name in head.decode and n.op_type in ("Sub", "Add", "Mul", "Div")
+                  for o in n.output]
+    assert decode_out and all(elem[o] == onnx.TensorProto.FLOAT for o in decode_out)
+    dfl = next(o for n in model.graph.node if n.name in head.dfl and n.op_type == "Conv" for o in n.output)
+    assert elem[dfl] == onnx.TensorProto.FLOAT16
+
+
+def test_float_recipe_has_no_qdq(run_copy):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", recipe="float"), run_copy)
+    assert "QuantizeLinear" not in res.op_counts and res.calibration_images == 0
+
+
+def test_refuses_to_quantize_without_calibration_data(run_copy):
+    res = json.loads((run_copy / "calibrate" / "result.json").read_text())
+    (run_copy / "calibrate" / "result.json").write_text(json.dumps({**res, "array": str(run_copy / "gone.npy")}))
+    with pytest.raises(QuantizeError, match="no calibration array.*random data is refused"):
+        quantize.run(quantize.QuantizeConfig(target="cpu"), run_copy)
+
+
+def test_head_lookup_refuses_a_non_ultralytics_graph(quantized_run):
+    graph = onnx.load(str(quantized_run / "export" / "model.onnx")).graph
+    with pytest.raises(QuantizeError, match="/model.99/"):
+        qgraph.find_head(graph, 99)
+
+
+def test_check_recipe_catches_a_leaked_head_node():
+    head = qgraph.HeadNodes(("/model.22/cv2.0/cv2.0.2/Conv",), (), (), ())
+    from collections import Counter
+
+    ops = Counter({"QuantizeLinear": 3, "DequantizeLinear": 3})
+    with pytest.raises(QuantizeError, match="head or stem nodes were quantized"):
+        qgraph.check_recipe("mixed", ops, ["/model.22/cv2.0/cv2.0.2/Conv"], head, "m.onnx")
+    with pytest.raises(QuantizeError, match="no Q/DQ"):
+        qgraph.check_recipe("int8", Counter(), [], head, "m.onnx")
+
+
+def test_keep_float_applies_a_searched_recipe(run_copy, tmp_path):
+    recipe = tmp_path / "nodes_to_exclude.json"
+    recipe.write_text('["/model\\\\.1/conv/Conv$"]')
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", keep_float=str(recipe), calibration_method="max", quantizer="modelopt"), run_copy)
+    assert "/model.1/conv/Conv" not in res.quantized_nodes and "/model.2/cv1/conv/Conv" in res.quantized_nodes
+    with pytest.raises(QuantizeError, match="not a regular expression"):
+        quantize.QuantizeConfig(keep_float="/model.0/(")
+    with pytest.raises(QuantizeError, match="keep_float file not found"):
+        quantize.QuantizeConfig(keep_float=str(tmp_path / "missing.json"))
+
+
+def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_sets):
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=0), run_copy)
+    got = {(r["quantizer"], r["calibration"].split()[0]) for r in res.candidates}
+    assert {("modelopt", "max"), ("modelopt", "entropy"), ("modelopt", "percentile-99.99"), ("nncf", "nncf")} <= got
+    assert all("drop_points" in r for r in res.candidates)
+    best = min(r["drop_points"] for r in res.candidates)
+    assert res.chosen["drop_points"] == best and "smallest drop" in res.chosen["why"] and "noise_points" in res.chosen
+    assert "6 labeled images" in res.chosen["images"]
+    assert res.size_ratio <= 0.35 and (run_copy / "quantize" / "activations.npz").is_file()
+    assert not list((run_copy / "export").glob("*.quant*")) and not list((run_copy / "export").glob("*calib*"))
+    assert res.chosen["backend"] == "openvino"  # scored on the runtime a CPU target ships
+
+
+def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_sets):
+    """A generous accept_drop takes the first candidate (NNCF on a CPU target) and lists the rest as not tried."""
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    scored = [r for r in res.candidates if "drop_points" in r]
+    assert [r["quantizer"] for r in scored] == ["nncf"] and res.quantizer == "nncf"
+    assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
+                                                                              "percentile-99.999"}
+    assert "first candidate within accept_drop=50" in res.chosen["why"] and res.chosen["noise_points"] >= 0
+    # the shipped file is the very file that was scored: its detections are in the cache under its content hash
+    assert res.size_ratio <= 0.35
