@@ -22,7 +22,7 @@ def _parse_set(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 passed, 1 a stage failed, 2 bad input)."""
+    """Entry point; returns the process exit code (0 passed, 1 a stage or gate failed, 2 bad input, 3 regression)."""
     ap = argparse.ArgumentParser(prog="yolo-compile", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a workflow: yolo-compile run default [--model M.pt] [--set key=value]")
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval", help="held-out image folder for the compare stage; default: the reference val split")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
     r.add_argument("--artifacts", "--out", help="where run folders go; default: artifacts/runs")
+    from .ci.commands import add_commands as add_ci_commands, add_run_options
+
+    add_run_options(r)  # issue 24: --baseline, --regress-*-max, -q
     for p in (r, sub.add_parser("resume", help="finish a run that died: yolo-compile resume RUN_DIR")):
         p.add_argument("-v", "--verbose", action="store_true", help="show papermill's log and the notebooks' output")
         p.add_argument("--no-cache", action="store_true", help="run every stage's notebook, ignoring the stage cache")
@@ -61,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from .archive import add_commands
 
     add_commands(sub)  # ls, diff, verify, gc, review
+    add_ci_commands(sub)  # accept, plan; ls --html
     args = ap.parse_args(argv)
     if getattr(args, "handler", None):
         try:
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return _qat(args)
     try:
         kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
+        from .ci.commands import ci_overrides, quiet_stage_printer
+
+        kw["on_stage"] = quiet_stage_printer(args, _print_stage)  # issue 24: -q
         if args.cmd == "resume":
             run_dir, manifest = resume(args.run_dir, **kw)
         else:
@@ -91,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
                 if value:
                     overrides[key] = value
+            overrides.update(ci_overrides(args))  # issue 24
             run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts, **kw)
     except CompileError as e:
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
-    print(f"{manifest['status']}: {run_dir}/report.html")
+    from .ci.hooks import on_console
+
+    code = on_console(run_dir, manifest)  # issue 24: vs baseline lines, step summary, exit 3 on a regression
+    print(f"{manifest['status'] if code != 3 else 'regressed'}: {run_dir}/report.html")
     if manifest["status"] != "passed":
         _print_next_step(run_dir)
-    return 0 if manifest["status"] == "passed" else 1
+    return code
 
 
 def _print_next_step(run_dir) -> None:
