@@ -18,7 +18,8 @@ def baseline_card(manifest: dict) -> str:
     if reg.get("error"):
         rows += f"<tr><th>comparison</th><td class='failed'>error</td><td>{html.escape(reg['error'])}</td></tr>"
     head = "no regression" if ok else "REGRESSION" if reg.get("regressed") else "not compared"
-    return (f"<section id='vs-baseline' style='border:2px solid {"#2e7d32" if ok else "#b00020"};border-radius:8px;padding:4px 14px 10px;margin:10px 0'><h2>vs baseline <span class='{'passed' if ok else 'failed'}'>"
+    colour = "#2e7d32" if ok else "#b00020"
+    return (f"<section id='vs-baseline' style='border:2px solid {colour};border-radius:8px;padding:4px 14px 10px;margin:10px 0'><h2>vs baseline <span class='{'passed' if ok else 'failed'}'>"
             f"{html.escape(head)}</span></h2><p>baseline <code>{html.escape(Path(str(reg.get('baseline', '?'))).name)}</code>"
             f" ({html.escape(str(reg.get('spec', '')))}); {html.escape(str(reg.get('summary', '')))}. Both models were "
             f"evaluated on the same images and timed interleaved in this process (paired).</p>"

@@ -1,0 +1,55 @@
+"""accept + --baseline: an equal recompile passes, a worse recipe exits 3 and is named on the console, in junit.xml,
+in the report and in the step summary; a regressed run cannot be accepted."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from yolo_compile import cli
+
+from helpers_ci import compile_args, workflow_file
+
+
+def _run(capsys, *args) -> tuple[int, str]:
+    code = cli.main(list(map(str, args)))
+    return code, capsys.readouterr().out
+
+
+def test_baseline_gate(tmp_path, tiny_checkpoint, image_sets, capsys, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    wf = workflow_file(tmp_path)
+    common = [*compile_args(tiny_checkpoint, image_sets), "--artifacts", runs_dir, "--no-cache"]
+    code, out = _run(capsys, "run", wf, *common)
+    assert code == 0, out
+    base = next(runs_dir.iterdir())
+    assert cli.main(["accept", base.name, "--artifacts", str(runs_dir)]) == 0
+    assert json.loads((runs_dir / "accepted.json").read_text())["run"] == base.name
+
+    summary_md = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary_md))
+    # An equal recompile, every stage executed again (no stage cache): no false alarm.
+    code, out = _run(capsys, "run", wf, *common, "--baseline", "accepted", "-q")
+    assert code == 0, out
+    assert "vs baseline mAP50-95  ok" in out and "vs baseline size      ok" in out and "1.000x" in out
+    assert "export " not in out  # -q: no stage lines
+    equal = sorted(p for p in runs_dir.iterdir() if p.is_dir() and p != base)[-1]
+    reg = json.loads((equal / "manifest.json").read_text())["regression"]
+    assert not reg["regressed"] and reg["checks"][0]["drop_points"] == 0 and reg["checks"][0]["images"] == 6
+
+    # A worse recipe planted on purpose: no INT8 at all, so the shipped model is ~3.4x the size.
+    code, out = _run(capsys, "run", wf, *common, "--baseline", base, "--set", "recipe=float")
+    assert code == 3, out
+    assert "REGRESSION  size" in out and out.rstrip().splitlines()[-1].startswith("regressed: ")
+    bad = sorted(p for p in runs_dir.iterdir() if p.is_dir() and p not in (base, equal))[-1]
+    cases = {c.get("name"): c for c in ET.parse(bad / "junit.xml").getroot().iter("testcase")}
+    assert cases["vs baseline: size"].find("failure") is not None
+    assert "regress_size_max 1.1" in cases["vs baseline: size"].find("failure").text
+    assert cases["vs baseline: mAP50-95"].find("failure") is None
+    page = (bad / "report.html").read_text()
+    assert "id='vs-baseline'" in page and "REGRESSION" in page and page.index("vs-baseline") < page.index("class='verdict")
+    md = summary_md.read_text()
+    assert md.count("### ") == 2 and "regressed against the baseline" in md and "📉" in md
+    assert cli.main(["verify", str(bad)]) == 0
+    assert cli.main(["accept", str(bad), "--artifacts", str(runs_dir)]) == 2  # regressed: refused
+    assert json.loads((runs_dir / "accepted.json").read_text())["run"] == base.name
