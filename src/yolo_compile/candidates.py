@@ -156,6 +156,11 @@ class Search:
         row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"])
         row["score_s"] = round(time.perf_counter() - t, 1)
         log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
+        from .ci.progress import step  # issue 24: console progress
+
+        self._scored = getattr(self, "_scored", 0) + 1
+        step("quantize", f"candidate {row['quantizer']} {row['calibration']}: drop {row['drop_points']:.3f} points",
+             self._scored, getattr(self, "_planned", None))
         return row
 
     def plan(self) -> list:
@@ -214,6 +219,7 @@ class Search:
             self.chosen = {**_public(rows[0]), "why": "the only candidate asked for (no measurement needed)"}
             return rows[0]
         self.scorer = self.make_scorer()
+        self._planned = len(steps) + (self.cfg.search_budget if self.cfg.accept_drop == 0 else 0)  # issue 24: progress
         rows, accepted, untried = [], None, []
         for label, build in steps:
             if accepted is not None:

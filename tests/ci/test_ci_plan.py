@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from yolo_compile.ci.plan import _param_args
 
 from helpers_ci import cli, compile_args, env, stage_outputs, workflow_file
@@ -20,6 +22,7 @@ def test_parameters_keep_their_types():
     assert _param_args("batch_sizes", (1, 8)) == ["-y", '{"batch_sizes": [1, 8]}']
 
 
+@pytest.mark.slow  # about 100 s on 2 shared cores: a run and its plan, every stage executed twice
 def test_plan_reproduces_the_run(tmp_path, tiny_checkpoint, image_sets):
     wf = workflow_file(tmp_path)
     args = compile_args(tiny_checkpoint, image_sets)

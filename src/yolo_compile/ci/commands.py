@@ -40,8 +40,19 @@ def ci_overrides(args: argparse.Namespace) -> dict:
 
 
 def quiet_stage_printer(args: argparse.Namespace, printer):
-    """Return the per-stage printer, or None with -q."""
-    return None if getattr(args, "quiet", False) else printer
+    """Return the per-stage printer, or None with -q; without -q, long stages' progress shows while they run."""
+    if getattr(args, "quiet", False):
+        return None
+    from .progress import start_console
+
+    watcher = start_console()
+
+    def on_stage(stage: str, info: dict) -> None:
+        watcher.poll()
+        watcher.clear()
+        printer(stage, info)
+
+    return on_stage
 
 
 def _overrides(args) -> dict:
