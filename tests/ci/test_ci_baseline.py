@@ -53,3 +53,9 @@ def test_baseline_gate(tmp_path, tiny_checkpoint, image_sets, capsys, monkeypatc
     assert cli.main(["verify", str(bad)]) == 0
     assert cli.main(["accept", str(bad), "--artifacts", str(runs_dir)]) == 2  # regressed: refused
     assert json.loads((runs_dir / "accepted.json").read_text())["run"] == base.name
+
+    history = tmp_path / "history.html"  # ls --html: the three runs of the one model, the accepted one starred
+    assert cli.main(["ls", "--artifacts", str(runs_dir), "--html", str(history)]) == 0
+    page = history.read_text()
+    assert f"★ {base.name}" in page and f"<td class='regressed'>regressed</td>" in page
+    assert page.count("data:image/png;base64,") == 1 and "3 runs of 1 models" in page
