@@ -315,7 +315,9 @@ def run_matrix(path: str | Path, *, address: str | None = None, artifacts: str |
               "runs": [rows[e.key] for e in entries]}
     folder = root.parent / "matrices" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{_slug(name)}"
     runs.write_json(folder / "matrix.json", result)
-    runs.write_text(folder / "matrix.html", html(result, root))
+    from .ci.matrix_page import render  # issue 24: the page in the report's summary style
+
+    runs.write_text(folder / "matrix.html", render(result, root))
     return folder, result
 
 
