@@ -4,19 +4,39 @@ PY := $(VENV)/bin/python
 export YOLO_OFFLINE := 1
 export YOLO_AUTOINSTALL := false
 
-.PHONY: setup compile compile-tensorrt test test-slow test-all bench bench-cpu bench-readme notebooks clean test-reliability bench-reliability
+.PHONY: setup setup-compile lock compile compile-tensorrt test test-slow test-all bench bench-cpu bench-readme notebooks clean test-reliability bench-reliability
 
-setup: $(VENV)/.installed
+LOCK := constraints.txt
+# pip, not uv: pip takes torch/torchvision from these machines' local wheel cache (uv would download ~3 GB).
+PIP_INSTALL := $(PY) -m pip install -q -c $(LOCK)
 
-$(VENV)/.installed: pyproject.toml
+setup: $(VENV)/.installed  ## everything the tests need (Ray, JupyterLab, Playwright...), at the lock's versions
+
+setup-compile: $(VENV)/.installed-compile  ## only what a compile needs: the pipeline, OpenVINO and NNCF
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
+	$(PY) -m compileall -q src  # the first compile's kernels would otherwise byte-compile the package each
+	touch $@ $(VENV)/.installed-compile
+
+$(VENV)/.installed-compile: pyproject.toml $(LOCK)
+	python3 -m venv $(VENV)
+	$(PIP_INSTALL) -e .
+	$(PY) -m compileall -q src
 	touch $@
 
-compile: setup  ## the default compile of the reference detector, on this machine
+lock:  ## refresh constraints.txt: resolve pyproject.toml (all extras) in a fresh venv, freeze it; then run make test
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | LC_ALL=C sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
+	@echo "constraints.txt refreshed: check git diff constraints.txt, then make test (the reference frames need the same opencv)"
+
+compile: setup-compile  ## the default compile of the reference detector, on this machine
 	$(VENV)/bin/yolo-compile run default
 
-compile-tensorrt: setup  ## stages 1-4 for a TensorRT target (5-6 run where TensorRT and a GPU are)
+compile-tensorrt: setup-compile  ## stages 1-4 for a TensorRT target (5-6 run where TensorRT and a GPU are)
 	$(VENV)/bin/yolo-compile run default --set target=tensorrt
 
 test: setup  ## the default suite (CPU, no network; slow and GPU checks deselected)

@@ -74,8 +74,8 @@ def machine_line() -> str:
     from yolo_compile import runs
 
     dev = runs.device_info()
-    vnni = ", ".join(sorted(runs.cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})) or "none (no VNNI/AMX)"
-    return (f"Machine: {dev.get('cpu')}, {dev.get('cores')} cores, {dev.get('memory_gib')} GiB; INT8 instructions: {vnni}. "
+    return (f"Machine: {dev.get('cpu')}, {dev.get('cores')} cores, {dev.get('memory_gib')} GiB; "
+            f"INT8 instructions: {dev.get('int8_isa')}. "
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
 
 

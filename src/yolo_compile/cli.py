@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return _matrix(args)
     if args.cmd == "qat":
         return _qat(args)
+    _stop_on_signals()
     try:
         kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
         from .ci.commands import ci_overrides, quiet_stage_printer
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     except CompileError as e:
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        where = getattr(e, "run_dir", None)
+        print(f"interrupted: {where}\nresume with: yolo-compile resume {where}" if where else "interrupted", file=sys.stderr)
+        return 130
     from .ci.hooks import on_console
 
     code = on_console(run_dir, manifest)  # issue 24: vs baseline lines, step summary, exit 3 on a regression
@@ -110,6 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     if manifest["status"] != "passed":
         _print_next_step(run_dir)
     return code
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop a compile: the runner marks it `interrupted` and kills its kernels."""
+    import signal
+
+    from .workflow import Interrupted
+
+    def stop(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, stop)
+        except (ValueError, OSError):  # not the main thread: leave the defaults
+            pass
 
 
 def _print_next_step(run_dir) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 from . import images, runs
 from .backends import available, open_runner
 from .errors import BuildError, RunFolderError
-from .timing import latency_stats, time_adaptive
+from .timing import exclusive, latency_stats, time_adaptive
 
 log = logging.getLogger(__name__)
 STAGE = "build"
@@ -104,7 +104,8 @@ def engine_files(result) -> list[Path]:
 def time_engine(name: str, path: Path, x: np.ndarray, seconds: float) -> dict:
     """Return latency_stats of one engine at x's batch, timed until the p50 is stable or `seconds` pass."""
     runner = open_runner(name, path)
-    timing = time_adaptive(runner.prepare(x), warmup=2, max_seconds=seconds)
+    with exclusive(f"build {name}"):  # the engine choice is timed alone on this machine, like the throughput stage
+        timing = time_adaptive(runner.prepare(x), warmup=2, max_seconds=seconds)
     return {**latency_stats(timing.samples, len(x)), "stopped": timing.stopped}
 
 

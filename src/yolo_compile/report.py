@@ -199,7 +199,7 @@ def _throughput(tp: dict) -> dict:
         where = "GPU" if str(device).startswith("cuda") else "CPU"
         out["verdict"] = (f"{e / f:.2f}x FP32 at batch {b} on this {where}" if e >= f else
                           f"{f / e:.2f}x slower than FP32 at batch {b} on this {where}")
-    notes = [n for n in tp.get("notes") or [] if isinstance(n, str) and ("VNNI" in n or "not a speed win" in n)]
+    notes = [n for n in tp.get("notes") or [] if isinstance(n, str) and ("under load" in n or "VNNI" in n or "not a speed win" in n)]
     if notes:
         out["note"] = notes[0]
     return out
@@ -236,7 +236,7 @@ def facts(run_dir: str | Path, status: str | None = None) -> dict:
         "tools": m.get("tools") or {}, "git_commit": m.get("git_commit"),
     }
     dev = m.get("device") or {}
-    f["device"] = ", ".join(dev.get("gpus") or []) or f"{dev.get('cpu', '?')} ({dev.get('cores', '?')} cores)"
+    f["device"] = ", ".join(dev.get("gpus") or []) or f"{dev.get('cpu', '?')} ({dev.get('cores', '?')} cores, INT8: {dev.get('int8_isa', '?')})"
     failed = next(((s, v) for s, v in stages.items() if v.get("status") == "failed"), None)
     if failed:
         cell = f" (cell {failed[1]['failed_cell']})" if failed[1].get("failed_cell") else ""

@@ -205,7 +205,7 @@ def tool_versions() -> dict[str, str | None]:
 def device_info() -> dict[str, Any]:
     """Return the host's CPU, core count, memory and GPUs (via nvidia-smi where present)."""
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                            "cpu": _cpu_model(), "cores": os.cpu_count()}
+                            "cpu": _cpu_model(), "cores": os.cpu_count(), "int8_isa": int8_isa()}
     try:
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
@@ -238,6 +238,35 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+# oneDNN's ISA names, lowest first: ONEDNN_MAX_CPU_ISA caps what OpenVINO's CPU plugin (and oneDNN) may use.
+_ONEDNN_ISA = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX")
+
+
+def int8_isa() -> str:
+    """Return the CPU's INT8 dot-product instruction set, as oneDNN will use it: AMX, AVX512-VNNI, AVX-VNNI or AVX2.
+
+    Every CPU figure names it: INT8 speed, and before the overflow fix INT8 accuracy on OpenVINO, depend on it.
+    ONEDNN_MAX_CPU_ISA (e.g. AVX2, to reproduce a CPU without VNNI on one with it) caps the answer, as it caps oneDNN.
+    """
+    flags = cpu_flags()
+    if not flags and platform.machine() not in ("x86_64", "AMD64"):
+        return platform.machine() or "unknown"
+    found = ("AMX" if "amx_int8" in flags else "AVX512-VNNI" if "avx512_vnni" in flags else
+             "AVX-VNNI" if "avx_vnni" in flags else "AVX2" if "avx2" in flags else "SSE")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap in _ONEDNN_ISA:
+        rank = _ONEDNN_ISA.index(cap)
+        limit = ("AMX" if rank >= _ONEDNN_ISA.index("AVX512_CORE_AMX") else
+                 "AVX512-VNNI" if rank >= _ONEDNN_ISA.index("AVX512_CORE_VNNI") else
+                 "AVX-VNNI" if rank >= _ONEDNN_ISA.index("AVX2_VNNI") and cap != "AVX512_CORE" else
+                 "AVX2" if rank >= _ONEDNN_ISA.index("AVX2") else "SSE")
+        order = ("SSE", "AVX2", "AVX-VNNI", "AVX512-VNNI", "AMX")
+        if order.index(limit) < order.index(found):
+            return f"{limit} (capped by ONEDNN_MAX_CPU_ISA={cap})"
+    return found
 
 
 def git_commit() -> str | None:
@@ -273,10 +302,19 @@ def init_manifest(run_dir: str | Path, workflow: str, params: dict, inputs: dict
         "tools": tool_versions(),
         "device": device_info(),
         "git_commit": git_commit(),
+        "lock": lock_entry(),
         "stages": {},
     }
     write_json(Path(run_dir) / MANIFEST, manifest)
     return manifest
+
+
+def lock_entry() -> dict | None:
+    """Return the dependency lock (constraints.txt) this checkout installs from, with its sha256; None outside one."""
+    lock = REPO_ROOT / "constraints.txt"
+    if not lock.is_file() or not (REPO_ROOT / "pyproject.toml").is_file():
+        return None
+    return {"file": "constraints.txt", "sha256": sha256(lock)}
 
 
 def file_entry(path: str | Path) -> dict:

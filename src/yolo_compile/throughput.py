@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import runs
+from . import runs, timing
 from .backends import CPU_BACKENDS, available, open_runner
 from .config import check_positive
 from .errors import ThroughputError
@@ -74,6 +74,7 @@ class ThroughputResult:
     gpu: dict = field(default_factory=dict)  # nvidia-smi clocks before and after the GPU rows
     verdict: str = ""  # one line: what the quantized engine buys over FP32 on each runtime, on this machine
     notes: list = field(default_factory=list)
+    load: dict = field(default_factory=dict)  # what else used the CPUs while this stage timed (timing.LoadWatch)
     table: str = ""  # markdown tables of rows and end_to_end
     plot: str = ""
     seconds: float = 0.0
@@ -189,7 +190,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     cpu_target = build["backend"] in CPU_BACKENDS
     budget = cfg.budget_seconds if cpu_target and cfg.budget_seconds else float("inf")
     gpu = {}
-    with runs.Timer() as t:
+    with timing.exclusive("throughput") as slot, runs.Timer() as t, timing.LoadWatch() as watch:
         if has_cuda:
             gpu["before"] = gpu_clocks()
         rows, spent = sweep(cases, cfg, size, budget)
@@ -208,13 +209,19 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
             skipped.append("end-to-end decode comparison: eval_dir is empty (give a folder of JPEG frames)")
     paths = {c.model + ("" if c.backend in c.model else f" ({c.backend})"): c.path for c in cases}
     verdict, notes = cpu_verdict(rows) if cpu_target else ("", [])
+    load = {**watch.summary(), "waited_for_slot_s": slot.waited_s}
+    if load.get("under_load"):
+        top = ", ".join(f"{b['process']} ({b['cores']:.2f} cores)" for b in load["busy"][:3]) or "unnamed processes"
+        notes.insert(0, f"taken under load: other processes used {load['others_cores']:.2f} cores on average while "
+                        f"this stage timed (load average {load['loadavg_1m']}; {top}); these figures are low, re-time on "
+                        "an idle machine")
     result = ThroughputResult(
         status="passed", backend=build["backend"], rows=rows,
         models={k: {"path": str(v.relative_to(run_dir)), "bytes": _bytes(v)} for k, v in paths.items()},
         bytes_per_frame={"float32 input": 3 * size * size * 4, "uint8 input (fused preprocessing)": 3 * size * size,
                          **{r["path"]: r["bytes_per_frame"] for r in e2e if r["mode"] == "serial"}},
         skipped=skipped, end_to_end=e2e, end_to_end_summary=[_e2e_line(r) for r in e2e], gpu=gpu, verdict=verdict,
-        notes=notes + _gpu_notes(rows, e2e), seconds=round(t.seconds, 2),
+        notes=notes + _gpu_notes(rows, e2e), load=load, seconds=round(t.seconds, 2),
     )
     result.table = f"{STAGE}/{runs.write_text(run_dir / STAGE / 'table.md', markdown(result)).name}"
     result.plot = f"{STAGE}/{_plot(rows, e2e, run_dir / STAGE / 'throughput.png').name}"
@@ -356,9 +363,9 @@ def _gpu_notes(rows: list[dict], e2e: list[dict]) -> list[str]:
 
 def cpu_verdict(rows: list[dict]) -> tuple[str, list[str]]:
     """Return (one line at batch 1, notes per batch): INT8 over FP32 on each CPU runtime, and the CPU's INT8 support."""
-    flags = runs.cpu_flags()
-    int8_isa = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    isa = f"VNNI/AMX: {', '.join(int8_isa)}" if int8_isa else "no VNNI"
+    isa = runs.int8_isa()
+    vnni = not isa.startswith(("AVX2", "SSE"))
+    isa = f"INT8 instructions: {isa}" if vnni else f"INT8 instructions: {isa}, no VNNI"
     ips = {(r["backend"], "fp32" if r["model"] == "fp32 onnx" else "int8", r["batch"]): r["images_per_s"]
            for r in rows if r["device"] == "cpu" and r["backend"] in CPU_BACKENDS}
     lines = []
@@ -373,7 +380,7 @@ def cpu_verdict(rows: list[dict]) -> tuple[str, list[str]]:
             parts.append(f"ONNX Runtime INT8 is {ort8 / ort32:.2f}x its FP32")
         if parts:
             lines.append(f"batch {b}: {'; '.join(parts)} on this CPU ({isa})")
-    if not int8_isa:
+    if not vnni:
         lines.append("this CPU has no VNNI/AMX INT8 instructions: INT8 gains here come from the runtime's kernels "
                      "(OpenVINO), not from the CPU")
     return (lines[0] if lines else ""), lines

@@ -17,6 +17,7 @@ from typing import Any
 from . import STAGES, resources, runs, stagecache
 from .config import build
 from .errors import ConfigError, WorkflowError
+from .kernels import TIMED
 
 log = logging.getLogger(__name__)
 NOTEBOOKS = resources.path("notebooks")
@@ -40,6 +41,15 @@ def notebook_for(stage: str) -> Path:
 def config_class(stage: str) -> type:
     """Return the config dataclass of a stage."""
     return getattr(importlib.import_module(f"yolo_compile.{stage}"), CONFIGS[stage])
+
+
+def config_defaults(stage: str) -> dict[str, Any]:
+    """Return each parameter of a stage's config that has a default, with that default (tuples as lists)."""
+    out = {}
+    for f in dataclasses.fields(config_class(stage)):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
 
 
 def stage_params(stage: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -190,13 +200,16 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
     # The kernels started ahead end with the loop, also when it is left by an exception (SIGTERM, Ctrl-C).
     # Each finished stage's notebook is rendered for the report at nice 19, on what the next stages leave idle.
     prerender = ThreadPoolExecutor(1, thread_name_prefix="yolo-compile-report", initializer=set_nice, initargs=(19,))
+    current = {"stage": None}
     with runs.file_lock(run_dir / ".lock", wait=False), contextlib.closing(pool) if pool else contextlib.nullcontext(), \
-            prerender:
+            prerender, _recorded(run_dir, current, pool):
         if pool and not resuming and stages:  # the first stage's kernel boots (and imports) while papermill is imported
             first_key, _ = stagecache.stage_key(stages[0], stage_params(stages[0], params), {})
             if not (use_cache and cache.lookup(first_key)):
                 pool.prepare(stages[0])
+        _import_before_threads()
         for i, stage in enumerate(stages):
+            current["stage"] = stage
             sp = stage_params(stage, params)
             key, _ = stagecache.stage_key(stage, sp, upstream)
             prev = runs.read_manifest(run_dir)["stages"].get(stage, {})
@@ -242,6 +255,66 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
         return runs.finish_manifest(run_dir, status)
 
 
+def _import_before_threads() -> None:
+    """Import, in the main thread, what the report thread and the kernel starts import.
+
+    Two threads importing one package circle at once can hand one of them a partially initialised module
+    (seen: `cannot import name 'AsyncKernelManager' from partially initialized module 'jupyter_client.manager'`
+    when the report thread imported nbconvert while the main thread started a kernel). Imported once here, before
+    the report thread exists, no thread imports them again.
+    """
+    import jinja2  # noqa: F401
+    import jupyter_client.manager  # noqa: F401
+    import nbconvert  # noqa: F401
+    import nbconvert.preprocessors  # noqa: F401
+    import nbformat  # noqa: F401
+    import papermill  # noqa: F401
+    from jupyter_core.utils import run_sync  # noqa: F401
+
+    from . import notebook, report  # noqa: F401
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, or Ctrl-C (SIGINT): the compile stops, its current stage is marked `interrupted`."""
+
+
+@contextlib.contextmanager
+def _recorded(run_dir: Path, current: dict, pool):
+    """Record how a run that did not reach its end ended: `interrupted` (Ctrl-C, SIGTERM) or `failed` (any error).
+
+    The stage in flight and the run are marked in the manifest with the error, every kernel this process started is
+    killed (their process groups: kernels run in sessions of their own), and the exception goes on to the CLI.
+    """
+    try:
+        yield
+    except BaseException as e:
+        from . import kernels
+
+        interrupted = isinstance(e, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
+        error = "interrupted (Ctrl-C or SIGTERM)" if interrupted else f"{type(e).__name__}: {e}"
+        for km in list(getattr(pool, "ahead", {}).values()) + list(_RUNNING):
+            kernels.kill(km)
+        try:
+            stage = current.get("stage")
+            if stage and runs.read_manifest(run_dir)["stages"].get(stage, {}).get("status") in ("running", None):
+                runs.record_stage(run_dir, stage, status=status, error=error)
+            manifest = runs.read_manifest(run_dir)
+            manifest.update(status=status, error=error, finished_utc=runs.utc_now())
+            runs.write_json(run_dir / runs.MANIFEST, manifest)
+            from .ci import junit  # issue 24: an interrupted or crashed run still leaves junit.xml
+
+            junit.write(run_dir, manifest)
+        except Exception as e2:  # noqa: BLE001  the original exception matters more
+            log.error("could not record the run's end: %s", e2)
+        log.error("run %s: %s", status, error)
+        e.run_dir = run_dir  # the CLI names it with the resume command
+        raise
+
+
+_RUNNING: list = []  # the kernel of the stage in flight, killed on Ctrl-C
+
+
 def _prerender(nb: Path) -> None:
     """Clean a finished stage's notebook and render it for the report now, while the next stages run."""
     from . import notebook, report
@@ -260,6 +333,9 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     nb = notebook_for(stage)
     out_nb = run_dir / nb.name
     jsp = {k: list(v) if isinstance(v, tuple) else v for k, v in sp.items()}
+    # Every parameter goes to the notebook, defaults too: the notebook's own defaults are the reference detector's
+    # (data/aoi/data.yaml...), which would leak into a run of another model that gives no data=.
+    given = {**config_defaults(stage), **jsp}
     hit = cache.lookup(key) if cache else None
     if hit:
         cache.restore(hit, run_dir, stage, nb.name)
@@ -277,14 +353,19 @@ def _run_stage(run_dir: Path, wf: dict, stage: str, sp: dict, key: str, cache, v
     timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
     t0 = time.perf_counter()
     km = pool.take(stage) if pool else None
+    if pool and km is None:  # a kernel of our own (not papermill's): Ctrl-C can then end it
+        km = pool.start(stage)
     if pool:
-        pool.prepare(*later)  # the next stages' kernels boot while this one runs
+        pool.prepare(*([] if stage in TIMED else later))  # the next kernels boot while this one runs, unless it times
+    if km is not None:
+        _RUNNING.append(km)
     try:
-        error, cell = _execute_notebook(nb, out_nb, {**jsp, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
+        error, cell = _execute_notebook(nb, out_nb, {**given, "run_dir": str(run_dir)}, run_dir, timeout, verbose, km)
     finally:
         if km is not None:
             from .kernels import shutdown
 
+            _RUNNING.remove(km)
             shutdown(km)
     seconds = round(time.perf_counter() - t0, 2)
     result_path = run_dir / stage / "result.json"

@@ -63,3 +63,14 @@ def test_two_kernels_ahead_and_the_ones_no_longer_wanted_are_ended(tmp_path):
         kernels.shutdown(km)
     finally:
         pool.close()
+
+
+def test_no_kernel_is_started_ahead_past_a_timed_stage():
+    """A kernel importing beside the build's engine choice or the throughput sweep would slow what they time."""
+    from yolo_compile.kernels import TIMED, ahead_of
+
+    assert set(TIMED) == {"build", "throughput"}
+    assert ahead_of(["quantize", "compare", "build"]) == ["quantize", "compare", "build"]
+    assert ahead_of(["compare", "build", "throughput", "bandwidth"]) == ["compare", "build"]
+    assert ahead_of(["throughput", "bandwidth"]) == ["throughput"]
+    assert ahead_of(["calibrate", None, "quantize"]) == ["calibrate"]

@@ -50,3 +50,17 @@ def test_manifest_records_stages_and_output_hashes(tmp_path):
     assert m["outputs"]["export/model.onnx"]["sha256"] == runs.sha256(tmp_path / "export" / "model.onnx")
     assert m["tools"]["onnxruntime"] and m["tools"]["python"]
     assert m["device"]["cores"] >= 1
+
+
+def test_int8_isa_names_the_instruction_set_and_honours_the_onednn_cap(monkeypatch):
+    flags = runs.cpu_flags()
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    isa = runs.int8_isa()
+    expected = ("AMX" if "amx_int8" in flags else "AVX512-VNNI" if "avx512_vnni" in flags else
+                "AVX-VNNI" if "avx_vnni" in flags else "AVX2" if "avx2" in flags else None)
+    if expected:
+        assert isa == expected
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = runs.int8_isa()
+    assert capped.startswith("AVX2") and ("capped" in capped) == (isa != "AVX2")
+    assert runs.device_info()["int8_isa"] == capped

@@ -96,3 +96,25 @@ def test_fp16_template_scales_reach_quantize_and_dequantize_alike(setup, tmp_pat
     got, want = run(ours), run(ref)
     scores = slice(4, None)
     assert np.abs(got[:, scores] - want[:, scores]).max() < 0.02  # scores 0..1: same calibration, FP16 rounding apart
+
+
+def test_overflow_fix_puts_the_first_convs_weights_in_7_bits(setup, tmp_path):
+    """A CPU target's ModelOpt file: the conv reading the image has weights in [-64, 64] (no u8 x s8 pair overflows
+    16 bits on AVX2), every other conv keeps the full INT8 range."""
+    import onnx
+    from onnx import numpy_helper
+
+    dst = tmp_path / "w8.onnx"
+    scales.int8_weights(setup["ref"], dst)  # setup["ref"] is all-INT8 (stem too), written by modelopt_quantize, fp32
+    g = onnx.load(str(dst)).graph
+    init = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    ranges = {}
+    for n in g.node:
+        if n.op_type == "Conv" and n.input[1] in producer and producer[n.input[1]].op_type == "DequantizeLinear":
+            w = init[producer[n.input[1]].input[0]]
+            ranges[n.name] = int(np.abs(w.astype(np.int32)).max())
+    first = [n for n in ranges if "/model.0/" in n]
+    assert first and all(ranges[n] <= 64 for n in first)
+    assert max(v for n, v in ranges.items() if n not in first) == 127
+    assert scales.overflow_fix(dst, setup["exp"]["input_name"]) == []  # already folded to INT8: nothing to redo

@@ -1,5 +1,6 @@
 """The adaptive timer on real callables: it stops early on a steady call and caps a drifting one."""
 
+import os
 import time
 
 from yolo_compile import timing
@@ -40,3 +41,41 @@ def test_a_slow_call_is_timed_at_least_twice_and_stability_needs_enough_samples(
     assert not timing.is_stable([0.01] * 5, min_iterations=6)
     assert timing.is_stable([0.01] * 6, min_iterations=5)
     assert not timing.is_stable([0.01, 0.01, 0.01, 0.02, 0.02, 0.02], tolerance=0.02, min_iterations=5)
+
+
+def test_load_watch_sees_another_process_compute_and_marks_the_figure():
+    import subprocess
+    import sys
+    import time as _time
+
+    from yolo_compile.timing import LoadWatch
+
+    with LoadWatch() as quiet:
+        _time.sleep(0.5)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _time.sleep(0.3)
+        with LoadWatch() as loaded:
+            _time.sleep(1.5)
+    finally:
+        busy.kill()
+    s = loaded.summary()
+    assert s["watched"] and s["under_load"] and s["others_cores"] > 0.5
+    assert loaded.procs1[busy.pid][1] > loaded.procs0[busy.pid][1]  # its CPU time was seen growing
+    assert all(b["pid"] != os.getpid() for b in s["busy"])  # the timing process itself is never "other load"
+    assert quiet.summary()["others_cores"] < s["others_cores"]
+
+
+def test_timed_sections_of_two_processes_never_overlap(tmp_path):
+    """Two processes that time at once (a Ray matrix on one node) take the machine's timing slot in turn."""
+    import subprocess
+    import sys
+
+    code = ("import time, sys\nfrom yolo_compile.timing import exclusive\n"
+            "with exclusive('t') as s:\n    a = time.time(); time.sleep(1.0); b = time.time()\n"
+            "print(a, b, s.waited_s)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    spans = sorted(tuple(map(float, p.communicate(timeout=60)[0].split())) for p in procs)
+    (a0, b0, w0), (a1, b1, w1) = spans
+    assert a1 >= b0 - 0.01, spans  # the second began after the first ended
+    assert max(w0, w1) >= 0.8

@@ -44,7 +44,7 @@ def run_dir_name(wf: dict, params: dict) -> str:
 def plan(workflow: str, overrides: dict, artifacts=None, run_dir: str | None = None) -> list[str]:
     """Return the shell lines (comments, mkdir, one papermill per stage, finish) that reproduce a run."""
     from .. import validate
-    from ..workflow import DEFAULT_TIMEOUT_S, load_workflow, notebook_for, resolve_params, stage_params
+    from ..workflow import DEFAULT_TIMEOUT_S, config_defaults, load_workflow, notebook_for, resolve_params, stage_params
     from .baseline import take
 
     wf = load_workflow(workflow)
@@ -58,8 +58,9 @@ def plan(workflow: str, overrides: dict, artifacts=None, run_dir: str | None = N
              "set -e", f"mkdir -p {q(str(run))}"]
     for stage in wf["stages"]:
         nb = notebook_for(stage)
-        sp = {**{k: list(v) if isinstance(v, tuple) else v for k, v in stage_params(stage, params).items()},
-              "run_dir": str(run)}
+        # every parameter, defaults too, as the runner passes them: the notebooks' own defaults are the reference's
+        sp = {**config_defaults(stage), **{k: list(v) if isinstance(v, tuple) else v
+                                           for k, v in stage_params(stage, params).items()}, "run_dir": str(run)}
         timeout = int(wf.get("timeouts", {}).get(stage, DEFAULT_TIMEOUT_S))
         args = ["papermill", str(nb), str(run / nb.name), "--cwd", str(run), "-k", "python3", "--no-progress-bar",
                 "--execution-timeout", str(timeout)]
