@@ -44,7 +44,9 @@ def exit_code(manifest: dict) -> int:
 def on_console(run_dir: Path, manifest: dict, out=None) -> int:
     """Print the baseline checks, append GitHub's step summary, return the exit code."""
     from . import summary
+    from .progress import stop_console
 
+    stop_console()
     out = out or sys.stdout
     reg = manifest.get("regression") or {}
     for c in reg.get("checks") or []:

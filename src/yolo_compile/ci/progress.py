@@ -61,24 +61,24 @@ class Watcher:
 
     def poll(self) -> list[dict]:
         """Read and show the events appended since the last poll; return them."""
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                fh.seek(self._pos)
-                chunk = fh.read()
-        except OSError:
-            return []
-        complete = chunk[: chunk.rfind("\n") + 1]
-        self._pos += len(complete.encode("utf-8"))
-        events = []
-        for line in complete.splitlines():
+        with self._lock:  # the watcher thread and the CLI's stage printer both poll
             try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-        with self._lock:
+                with open(self.path, encoding="utf-8") as fh:
+                    fh.seek(self._pos)
+                    chunk = fh.read()
+            except OSError:
+                return []
+            complete = chunk[: chunk.rfind("\n") + 1]
+            self._pos += len(complete.encode("utf-8"))
+            events = []
+            for line in complete.splitlines():
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
             for e in events:
                 self._show(e)
-        return events
+            return events
 
     def _show(self, e: dict) -> None:
         line = format_event(e)
@@ -111,16 +111,23 @@ class Watcher:
         self.clear()
 
 
+_CONSOLE: list[Watcher] = []
+
+
 def start_console(out=None) -> Watcher:
-    """Point $YOLO_COMPILE_PROGRESS at a fresh file (inherited by the stage kernels) and watch it until exit."""
+    """Point $YOLO_COMPILE_PROGRESS at a fresh file (inherited by the stage kernels) and watch it until stop_console."""
     fd, name = tempfile.mkstemp(prefix="yolo-compile-progress-", suffix=".jsonl")
     os.close(fd)
     os.environ[ENV] = name
     w = Watcher(Path(name), out).start()
-
-    def _end() -> None:
-        w.stop()
-        Path(name).unlink(missing_ok=True)
-
-    atexit.register(_end)
+    _CONSOLE.append(w)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
     return w
+
+
+def stop_console() -> None:
+    """Show what is left and stop watching, before the CLI prints its last line (CI scripts read that line)."""
+    while _CONSOLE:
+        w = _CONSOLE.pop()
+        w.stop()
+        os.environ.pop(ENV, None)
