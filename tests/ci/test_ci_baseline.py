@@ -4,9 +4,13 @@ in the report and in the step summary; a regressed run cannot be accepted."""
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 
-from yolo_compile import cli
+import pytest
+
+from yolo_compile import cli, quantize
+from yolo_compile.ci.baseline import compare
 
 from helpers_ci import compile_args, workflow_file
 
@@ -16,6 +20,34 @@ def _run(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def _spec(base, **kw) -> dict:
+    return {"baseline": str(base), "run_dir": str(base), "regress_map_max": 0.5, "regress_latency_max": 1.25,
+            "regress_size_max": 1.10, **kw}
+
+
+def test_paired_checks_on_real_models(quantized_run, image_sets, tmp_path):
+    base, same, worse = (tmp_path / n for n in ("base", "same", "worse"))
+    for d in (base, same, worse):
+        shutil.copytree(quantized_run, d)
+    params = {"data": str(image_sets["data"])}
+    rec = compare(same, _spec(base), params)  # the same files: no difference at all, whatever the noise
+    checks = {c["name"]: c for c in rec["checks"]}
+    assert not rec["regressed"] and not rec.get("error")
+    assert checks["mAP50-95"]["drop_points"] == 0 and checks["mAP50-95"]["noise_points"] == 0
+    assert checks["size"]["ratio"] == 1.0 and checks["latency"]["rounds"] == 21
+    assert checks["latency"]["status"] == "passed" and checks["latency"]["ratio_low"] <= checks["latency"]["ratio"]
+    shutil.rmtree(worse / "quantize")
+    quantize.run(quantize.QuantizeConfig(target="cpu", recipe="float"), worse)
+    rec = compare(worse, _spec(base), params)
+    checks = {c["name"]: c for c in rec["checks"]}
+    assert rec["regressed"] and checks["size"]["status"] == "failed" and checks["size"]["ratio"] > 2
+    assert "size" in rec["summary"] and "regress_size_max 1.1" in rec["summary"]
+    looser = {c["name"]: c for c in compare(worse, _spec(base, regress_size_max=5.0), params)["checks"]}
+    assert looser["size"]["status"] == "passed"  # the threshold decides
+    assert compare(same, _spec(base), {})["checks"][0]["status"] == "skipped"  # no labels: mAP not compared
+
+
+@pytest.mark.slow  # about 60-170 s on 2 shared cores: three five-stage compiles
 def test_baseline_gate(tmp_path, tiny_checkpoint, image_sets, capsys, monkeypatch):
     runs_dir = tmp_path / "runs"
     wf = workflow_file(tmp_path)
