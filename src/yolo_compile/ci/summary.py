@@ -23,7 +23,7 @@ def markdown(run_dir: str | Path, manifest: dict, exit_code: int) -> str:
              "| | |", "|---|---|",
              f"| model | `{f['model']}` (sha256 `{str(f['model_sha256'] or '?')[:12]}`) |",
              f"| recipe / target | {f['recipe'] or '-'} / {f['target'] or '-'} |"]
-    if f["map_quant"] is not None:
+    if f["map_quant"] is not None and f["map_fp32"] is not None and f["map_drop"] is not None:
         lines.append(f"| mAP50-95 | {f['map_fp32']:.4f} FP32 -> {f['map_quant']:.4f} (drop {f['map_drop']:.2f} points, "
                      f"gate {f['map_drop_max']}) |")
     lines.append(f"| size | {_mb(f['fp32_bytes'])} FP32 -> {_mb(f['engine_bytes'] or f['quant_bytes'])} |")
