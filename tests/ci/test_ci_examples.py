@@ -25,7 +25,7 @@ def _bash(script: str, cwd: Path, environ: dict) -> subprocess.CompletedProcess:
 def _github(checkout: Path, job_env: dict, extra: dict) -> tuple[int, str]:
     """Run the compile job's `run:` steps as the runner does (GITHUB_ENV carried, `if:` on main); return (rc, log)."""
     doc = yaml.safe_load((EXAMPLES / "ci" / "github-actions.yml").read_text())
-    environ = env(**{k: str(v) for k, v in doc["env"].items()}, **job_env, **extra)
+    environ = env(**{**{k: str(v) for k, v in doc["env"].items()}, **job_env, **extra})
     github_env = checkout / "github_env"
     github_env.write_text("")
     environ["GITHUB_ENV"] = str(github_env)
@@ -71,9 +71,9 @@ def test_gitlab_ci_script(tmp_path, tiny_checkpoint, image_sets):
     script = "\n".join(line for line in job["before_script"] + job["script"] if not line.startswith("pip install"))
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    environ = env(**doc["variables"], WORKFLOW=str(workflow_file(tmp_path)), CI_COMMIT_BRANCH="main",
-                  CI_DEFAULT_BRANCH="main", COMPILE_ARGS=" ".join(compile_args(tiny_checkpoint, image_sets)),
-                  YOLO_COMPILE_CACHE=str(tmp_path / "cache"))
+    environ = env(**{**doc["variables"], "WORKFLOW": str(workflow_file(tmp_path)), "CI_COMMIT_BRANCH": "main",
+                     "CI_DEFAULT_BRANCH": "main", "COMPILE_ARGS": " ".join(compile_args(tiny_checkpoint, image_sets)),
+                     "YOLO_COMPILE_CACHE": str(tmp_path / "cache")})
     first = _bash(script, checkout, environ)
     assert first.returncode == 0, first.stdout + first.stderr
     second = _bash(script, checkout, environ)  # the next pipeline: gated against the first, then accepted itself
