@@ -73,16 +73,59 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     return time.perf_counter() - t0, times
 
 
+def first_run(workflow: str, args: list[str], tmp: Path) -> list[list[str]]:
+    """What a newcomer pays: a fresh clone, `make setup-compile` (new venv), then the first compile in it.
+
+    Then the same compile with a new empty stage cache (cold stages, imports warm: bytecode and the OS's file cache
+    filled by the first run), then again (warm). The pip cache is the machine's own (as CI's is); the OS page cache
+    is not dropped (that would disturb every other process on the machine).
+    """
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-local", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    t0 = time.perf_counter()
+    setup = subprocess.run(["make", "setup-compile"], cwd=clone, env=env, capture_output=True, text=True)
+    setup_s = time.perf_counter() - t0
+    if setup.returncode:
+        sys.exit(f"make setup-compile failed in {clone}: {setup.stderr[-2000:]}")
+    rows = [["make setup-compile (new venv)", f"{setup_s:.1f}", ""]]
+    cli = [str(clone / ".venv" / "bin" / "yolo-compile"), "run", workflow, *args, "--artifacts", str(tmp / "first-runs")]
+    for label, cache in (("first compile (new venv, empty caches, no __pycache__ but pip's)", "cache-1"),
+                         ("cold stages, imports warm (new empty stage cache)", "cache-2"),
+                         ("warm (every stage from the stage cache)", "cache-2")):
+        t0 = time.perf_counter()
+        out = subprocess.run(cli, cwd=clone, env={**env, "YOLO_COMPILE_CACHE": str(tmp / cache)}, capture_output=True,
+                             text=True)
+        wall = time.perf_counter() - t0
+        rows.append([label, f"{wall:.1f}", "passed" if out.returncode == 0 else f"exit {out.returncode}"])
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workflow", default="default")
     ap.add_argument("--tiny", action="store_true", help="a tiny YOLOv8n at 64 px instead of the reference detector")
     ap.add_argument("--no-direct", action="store_true", help="skip the direct (no papermill) run")
     ap.add_argument("--write", action="store_true", help="write the table into bench/README.md")
+    ap.add_argument("--first-run", action="store_true",
+                    help="a fresh clone: make setup-compile, the first compile in its new venv, cold-with-warm-imports, warm")
     ap.add_argument("rest", nargs="*", help="after --: extra `yolo-compile run` arguments")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-compile-"))
     args = (tiny_args(tmp / "inputs") if a.tiny else []) + a.rest
+    if a.first_run:
+        from _common import machine_line
+
+        rows = first_run(a.workflow, args, tmp)
+        print(machine_line() + f" Load average at the end: {os.getloadavg()[0]:.2f}.")
+        print(table(rows, ["step", "wall s", "status"]))
+        if a.write:
+            from _common import write_section
+
+            md = ["| step | wall s | status |", "|---|---|---|"] + ["| " + " | ".join(r) + " |" for r in rows]
+            write_section("first_run", "First run: what a fresh clone pays before and during its first compile",
+                          "python bench/compile_time.py --first-run --write", "\n".join([machine_line(), "", *md]))
+        return 0
     cold_wall, cold, _ = cli_run(a.workflow, args, tmp / "runs", tmp / "cache")
     warm_wall, warm, warm_out = cli_run(a.workflow, args, tmp / "runs", tmp / "cache")
     direct_total, direct = (None, {}) if a.no_direct else direct_run(a.workflow, args, tmp / "direct", tmp / "cache-direct")
