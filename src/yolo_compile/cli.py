@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides.update(ci_overrides(args))  # issue 24
             run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts, **kw)
     except CompileError as e:
+        from .ci.progress import stop_console  # issue 24
+
+        stop_console()
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -103,7 +103,10 @@ class Watcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except (OSError, ValueError):  # the console went away (closed stdout): progress ends, the run goes on
+                return
 
     def stop(self) -> None:
         self._stop.set()
@@ -116,6 +119,7 @@ _CONSOLE: list[Watcher] = []
 
 def start_console(out=None) -> Watcher:
     """Point $YOLO_COMPILE_PROGRESS at a fresh file (inherited by the stage kernels) and watch it until stop_console."""
+    stop_console()  # one watcher at a time (a second run in the same process)
     fd, name = tempfile.mkstemp(prefix="yolo-compile-progress-", suffix=".jsonl")
     os.close(fd)
     os.environ[ENV] = name
@@ -129,5 +133,8 @@ def stop_console() -> None:
     """Show what is left and stop watching, before the CLI prints its last line (CI scripts read that line)."""
     while _CONSOLE:
         w = _CONSOLE.pop()
-        w.stop()
+        try:
+            w.stop()
+        except (OSError, ValueError):
+            w._stop.set()
         os.environ.pop(ENV, None)
