@@ -302,7 +302,9 @@ def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     results = read_results(run_dir)
     stage_rows = [{"stage": s, "status": v.get("status"), "seconds": v.get("seconds"), "notebook": v.get("notebook"),
                    "reason / error": v.get("error") or v.get("reason") or ""} for s, v in (m.get("stages") or {}).items()]
-    body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", summary_card(f),
+    from .baseline_card import baseline_card  # the "vs baseline" card (ci.baseline's result in the manifest)
+
+    body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", baseline_card(m), summary_card(f),
             figures_html(run_dir, results), "<h2>Stages</h2>", rows_table(stage_rows)]
     for stage in STAGES:
         res = results[stage]
