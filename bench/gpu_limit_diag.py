@@ -72,6 +72,175 @@ def free_run(model, pre, batches, seconds, pri):
     return {k: b * v[0] / v[1] for k, v in res.items()}
 
 
+def free_run_step(model, step, seconds, pri, sync_every=1):
+    """step(i) on its own stream in a thread while the model replays on another; returns (steps/s, model frames/s)."""
+    import torch
+
+    s_inf, s_dec = torch.cuda.Stream(priority=pri), torch.cuda.Stream()
+    res = {}
+
+    def dec():
+        with torch.cuda.stream(s_dec):
+            res["dec"] = rate_loop(step, seconds, sync_every)
+
+    def inf():
+        with torch.cuda.stream(s_inf):
+            res["inf"] = rate_loop(lambda i: model.replay(i % 2), seconds, 2)
+
+    ts = [threading.Thread(target=f) for f in (dec, inf)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    with torch.cuda.stream(s_dec):
+        alone = rate_loop(step, seconds / 2, sync_every)
+    return {"step_alone_per_s": alone[0] / alone[1], "step_with_model_per_s": res["dec"][0] / res["dec"][1],
+            "model_fps_with_step": model.batch * res["inf"][0] / res["inf"][1]}
+
+
+def set_pool_release_threshold(value: int = (1 << 64) - 1) -> str:
+    """The device's default stream-ordered memory pool keeps freed memory (threshold), instead of unmapping at syncs."""
+    import ctypes
+
+    cu = ctypes.CDLL("libcuda.so.1")
+    pool = ctypes.c_void_p()
+    r1 = cu.cuDeviceGetDefaultMemPool(ctypes.byref(pool), 0)
+    v = ctypes.c_uint64(value)
+    r2 = cu.cuMemPoolSetAttribute(pool, 4, ctypes.byref(v))  # CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+    return f"cuDeviceGetDefaultMemPool {r1}, cuMemPoolSetAttribute {r2}"
+
+
+def profile_tables(fn, top=14) -> str:
+    """Kernel/copy GPU time and CUDA API host time of fn() under torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+    ka = prof.key_averages()
+    dev = sorted([e for e in ka if getattr(e, "device_time_total", 0) > 0], key=lambda e: -e.device_time_total)
+    api = sorted([e for e in ka if e.key.startswith(("cuda", "cu"))], key=lambda e: -e.cpu_time_total)
+    lines = ["GPU time (us total, count):"] + [f"  {e.key[:70]:70s} {e.device_time_total:10.0f} {e.count:6d}"
+                                           for e in dev[:top]]
+    lines += ["API host time (us total, count, max us):"] + [
+        f"  {e.key[:60]:60s} {e.cpu_time_total:10.0f} {e.count:6d} {getattr(e, 'cpu_time_max', 0) or 0:8.0f}" for e in api[:top]]
+    return "\n".join(lines)
+
+
+def probe(args, model, batches, out):
+    """Which part of the decode stream the running model slows down, and what the decode thread waits on."""
+    import torch
+
+    from gpu_letterbox import letterbox
+
+    b = model.batch
+    res = {}
+    hw = gl.NvImgCodec(640, "HW_GPU_ONLY")
+    tv = gl.TorchvisionNvjpeg(640)
+    sec = args.seconds
+    # pure GPU work on another stream: the fused letterbox from a fixed decoded batch; a device copy
+    src = hw.decode(batches[0])[0][0].clone()
+    torch.cuda.synchronize()
+    steps = {
+        "letterbox kernel only": lambda i: letterbox(src, model.inp[2 + i % 2], "NHWC"),
+        "d2d copy 200MB": lambda i: src.view(-1)[: src.numel() // 2].copy_(src.view(-1)[src.numel() // 2:]),
+        "hw decode() only": lambda i: hw.decode(batches[i % len(batches)]),
+        "hw stage": lambda i: hw.stage(batches[i % len(batches)], i % gl.SLOTS, model.inp[2 + i % 2]),
+        "tv decode() only": lambda i: tv.decode(batches[i % len(batches)]),
+    }
+    for name, st in steps.items():
+        rate_loop(st, 0.2)
+        r = free_run_step(model, st, sec, -1)
+        res[name] = r
+        print(name, json.dumps(r), flush=True)
+    # what the decode thread's API calls wait on, free-running beside the model
+    def fr():
+        free_run_step(model, steps["hw decode() only"], 0.5, -1)
+    res["profile_hw_decode_alone"] = profile_tables(lambda: rate_loop(steps["hw decode() only"], 0.5))
+    res["profile_hw_decode_free_run"] = profile_tables(fr)
+    res["profile_tv_decode_alone"] = profile_tables(lambda: rate_loop(steps["tv decode() only"], 0.5))
+    print(res["profile_hw_decode_alone"], "\n", res["profile_hw_decode_free_run"], "\n", res["profile_tv_decode_alone"], flush=True)
+    # the default pool keeps its memory (no unmap at each sync); then images= reuse
+    res["pool"] = set_pool_release_threshold()
+    for name in ("hw decode() only", "hw stage"):
+        rate_loop(steps[name], 0.2)
+        r = free_run_step(model, steps[name], sec, -1)
+        res[name + " (pool keeps memory)"] = r
+        print(name, "(pool keeps memory)", json.dumps(r), flush=True)
+    out["probe"] = res
+
+
+def probe2(args, model, batches, out):
+    """Round trips and pageable copies beside the running model; decoders fed from pinned host memory; a trace."""
+    import gzip
+
+    import torch
+
+    b = model.batch
+    res = {}
+    hw = gl.NvImgCodec(640, "HW_GPU_ONLY")
+    tv = gl.TorchvisionNvjpeg(640)
+    sec = args.seconds
+    nbytes = len(batches[0][0])
+    pageable = [torch.randint(0, 255, (nbytes,), dtype=torch.uint8) for _ in range(b)]
+    pinned = [t.pin_memory() for t in pageable]
+    dst = torch.empty((b, nbytes), dtype=torch.uint8, device="cuda")
+    tiny = torch.zeros(1024, device="cuda")
+    pin_batches = [[torch.frombuffer(bytearray(f), dtype=torch.uint8).pin_memory() for f in fr] for fr in batches]
+    np_batches = [[t.numpy() for t in fr] for fr in pin_batches]
+
+    def copies(src):
+        def step(i):
+            for k in range(b):
+                dst[k].copy_(src[k], non_blocking=True)
+        return step
+
+    def round_trips(i):
+        for k in range(b):
+            tiny.add_(1.0)
+            torch.cuda.current_stream().synchronize()
+
+    def hw_pinned(i):
+        return hw.decoder.decode(np_batches[i % len(np_batches)], cuda_stream=torch.cuda.current_stream().cuda_stream)
+
+    def tv_pinned(i):
+        from torchvision.io import decode_jpeg
+
+        return decode_jpeg(pin_batches[i % len(pin_batches)], device="cuda")
+
+    steps = {"32 pageable H2D copies": copies(pageable), "32 pinned H2D copies": copies(pinned),
+             "32 round trips (tiny kernel + sync)": round_trips,
+             "hw decode() pageable bytes": lambda i: hw.decode(batches[i % len(batches)]),
+             "hw decode() pinned numpy": hw_pinned,
+             "tv decode() pageable": lambda i: tv.decode(batches[i % len(batches)]),
+             "tv decode() pinned": tv_pinned}
+    for name, st in steps.items():
+        try:
+            rate_loop(st, 0.2)
+            r = free_run_step(model, st, sec, -1)
+            r["slowdown"] = r["step_alone_per_s"] / r["step_with_model_per_s"]
+        except Exception as e:
+            r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        res[name] = r
+        print(name, json.dumps(r), flush=True)
+    for name in ("hw decode() pageable bytes", "hw decode() pinned numpy"):
+        try:
+            res["profile " + name] = profile_tables(lambda: rate_loop(steps[name], 0.3))
+            print(res["profile " + name], flush=True)
+        except Exception as e:
+            print("profile failed", name, e)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        free_run_step(model, steps["hw decode() pageable bytes"], 0.25, -1)
+    tr = args.out / "trace_hw_free_run.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(tr))
+    with open(tr, "rb") as f, gzip.open(str(tr) + ".gz", "wb") as g:
+        g.write(f.read())
+    tr.unlink()
+    out["probe2"] = res
+
+
 def gil_share(pre, model, batches, seconds):
     """A Python counter's rate while the decode loop runs, over its rate alone."""
     import torch
@@ -198,6 +367,8 @@ def main() -> int:
     ap.add_argument("--paths", default="hw,tv")
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--priorities", default="-1,0")
+    ap.add_argument("--probe", action="store_true", help="which part of decode the model slows, and why")
+    ap.add_argument("--probe2", action="store_true", help="round trips, pageable copies, pinned decoder input")
     ap.add_argument("--out", type=Path, default=Path("/tmp/diag"))
     args = ap.parse_args()
     import torch
@@ -221,6 +392,11 @@ def main() -> int:
     print(json.dumps(out), flush=True)
     makers = {"hw": lambda: gl.NvImgCodec(640, "HW_GPU_ONLY"), "tv": lambda: gl.TorchvisionNvjpeg(640),
               "hybrid": lambda: gl.NvImgCodec(640, "HYBRID_CPU_GPU")}
+    if args.probe or args.probe2:
+        (probe2 if args.probe2 else probe)(args, model, batches, out)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "diag.json").write_text(json.dumps(out, indent=1))
+        return 0
     for key in args.paths.split(","):
         pre = makers[key]()
         res = {"name": pre.name}
