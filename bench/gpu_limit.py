@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import queue
 import sys
@@ -68,7 +69,8 @@ def versions() -> dict:
     import torch
 
     v = {"gpu": torch.cuda.get_device_name(0), "python": platform.python_version(), "torch": torch.__version__,
-         "torch_cuda": torch.version.cuda}
+         "torch_cuda": torch.version.cuda,
+         "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS", "unset (driver default 8)")}
     for dist in ("torchvision", "triton", "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "nvidia-dali-cuda130",
                  "nvidia-ml-py", "opencv-python-headless", "opencv-python", "numpy"):
         try:
@@ -342,41 +344,47 @@ class NvImgCodec(Pre):
                      "GPU_ONLY": "nvImageCodec GPU_ONLY (CUDA)"}[kind]
         self.backend = f"nvImageCodec {getattr(nvimgcodec, '__version__', '')} Backend(BackendKind.{kind})"
 
-    def enable_slots(self, batch: int, slots: int, shape_hw: tuple[int, int]) -> None:
-        """Decode straight into one preallocated (N, H, W, 3) buffer a ring slot (nvimgcodec.as_image views,
-        `decode(..., image=[...])`): no allocation or free a batch and no stack copy. Raises if the API refuses."""
-        import torch
-
-        h, w = shape_hw
-        self.bufs = [torch.empty((batch, h, w, 3), dtype=torch.uint8, device="cuda") for _ in range(slots)]
-        self.views = [[self.nvimgcodec.as_image(b[i]) for i in range(batch)] for b in self.bufs]
-        self.name += " into slot buffers"
-        self.backend += ", decode(image=preallocated as_image views)"
-
     def stage(self, frames, k, dst):
-        if not hasattr(self, "bufs"):
-            return super().stage(frames, k, dst)
+        self.stage_in_place(frames, k, dst)
+
+    def stage_in_place(self, frames, k, dst):
+        """Decode into slot k's own images (the decoder's buffers, reused from the slot's last batch: no allocation
+        a frame once warm) and letterbox them where they lie (byte offsets from the first frame; no stacking copy)."""
         import torch
 
-        from gpu_letterbox import letterbox
+        from gpu_letterbox import letterbox_gather
 
         stream = torch.cuda.current_stream().cuda_stream
-        out = self.decoder.decode(list(frames), cuda_stream=stream, image=self.views[k][:len(frames)])
-        if any(o is None for o in out):
+        prev = self.slot_imgs.get(k) if hasattr(self, "slot_imgs") else None
+        if prev is not None and len(prev) == len(frames) and self.reuse is not False:
+            try:
+                imgs = self.decoder.decode(list(frames), images=prev, cuda_stream=stream)
+                self.reuse = True
+            except TypeError as e:  # an nvImageCodec without `images=` on the batch call: allocate a batch
+                self.reuse, self.reuse_why = False, f"{type(e).__name__}: {str(e)[:200]}"
+                imgs = self.decoder.decode(list(frames), cuda_stream=stream)
+        else:
+            imgs = self.decoder.decode(list(frames), cuda_stream=stream)
+        if any(i is None for i in imgs):
             raise RuntimeError(f"{self.name}: a frame was not decoded")
-        if out[0].__cuda_array_interface__["data"][0] != self.bufs[k][0].data_ptr():
-            raise RuntimeError(f"{self.name}: the decoder did not write into the given buffer")
-        letterbox(self.bufs[k][:len(frames)], dst, "NHWC")
+        if not hasattr(self, "slot_imgs"):
+            self.slot_imgs, self.slot_offs, self.reuse = {}, {}, None
+        self.slot_imgs[k] = imgs
+        ptrs = [i.__cuda_array_interface__["data"][0] for i in imgs]
+        key, offs = self.slot_offs.get(k, (None, None))
+        if key != ptrs:  # new buffers (first use of the slot, or the decoder did not reuse them)
+            offs = torch.tensor([p - ptrs[0] for p in ptrs], dtype=torch.int64).to("cuda", non_blocking=True)
+            self.slot_offs[k] = (ptrs, offs)
+        first = torch.as_tensor(imgs[0], device="cuda")
+        shapes = {tuple(i.__cuda_array_interface__["shape"]) for i in imgs}
+        if len(shapes) != 1 or first.dim() != 3 or not first.is_contiguous():
+            return Pre.stage(self, frames, k, dst)  # frames of several sizes: the stacked path
+        letterbox_gather(first, offs, len(imgs), dst)
 
     def decode(self, frames):
         import torch
 
         stream = torch.cuda.current_stream()
-        if hasattr(self, "bufs"):
-            self._n = getattr(self, "_n", -1) + 1
-            k = self._n % len(self.bufs)
-            self.decoder.decode(list(frames), cuda_stream=stream.cuda_stream, image=self.views[k][:len(frames)])
-            return [(self.bufs[k][:len(frames)], "NHWC")]
         try:
             imgs = self.decoder.decode(list(frames), cuda_stream=stream.cuda_stream)
         except TypeError:
@@ -596,6 +604,9 @@ def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict
     n = len(batches)
     ev_pre = [torch.cuda.Event() for _ in range(slots)]
     ev_inf = [torch.cuda.Event() for _ in range(slots)]
+    # where the time goes: the graph's GPU time a batch inside the pipeline, the inference stream's idle gaps
+    t_inf = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    dec_call = [0.0] * n
     started, lat = [0.0] * n, [0.0] * n
     inferred = [threading.Event() for _ in range(n)]
     posted = [threading.Event() for _ in range(n)]
@@ -626,6 +637,7 @@ def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict
                 s_dec.wait_event(ev_inf[k])
                 pre.stage(batches[i], k, model.inp[k])
                 ev_pre[k].record(s_dec)
+            dec_call[i] = time.perf_counter() - started[i]
             to_infer.put(i)
 
     def post():
@@ -654,7 +666,9 @@ def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict
             posted[i - slots].wait()
         with torch.cuda.stream(s_inf):
             s_inf.wait_event(ev_pre[k])
+            t_inf[i][0].record(s_inf)
             model.replay(k)
+            t_inf[i][1].record(s_inf)
             ev_inf[k].record(s_inf)
         inferred[i].set()
         to_post.put(i)
@@ -665,8 +679,13 @@ def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict
     torch.cuda.synchronize()
     wall = time.perf_counter() - t_all
     a = np.asarray(lat) * 1e3
+    steady = range(min(slots, n - 1), n)
+    graph_ms = [t_inf[i][0].elapsed_time(t_inf[i][1]) for i in steady]
+    idle_ms = [t_inf[i - 1][1].elapsed_time(t_inf[i][0]) for i in steady if i > 0]
     return {"frames_per_s": n * model.batch / wall, "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "seconds": wall, "batches": n}
+            "p99_ms": float(np.percentile(a, 99)), "seconds": wall, "batches": n,
+            "model_ms_in_e2e": float(np.median(graph_ms)), "infer_idle_ms": float(np.median(idle_ms)) if idle_ms else 0.0,
+            "decode_call_ms": float(np.median([dec_call[i] for i in steady])) * 1e3}
 
 
 def run_serial(model: Model, pre: Pre, batches) -> dict:
@@ -717,11 +736,6 @@ def diff_vs_cpu(model: Model, pre: Pre, frames) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------------------------- one configuration
-
-def _slots(pre, batch, shape_hw):
-    pre.enable_slots(batch, SLOTS, shape_hw)
-    return pre
-
 
 def profile_api(model, pre, batches, streams) -> str:
     """The host-side CUDA runtime/driver calls of one overlapped run (count, host time): what blocks the threads."""
@@ -780,7 +794,6 @@ def measure_config(args, pcie: Pcie, calib: dict, net, res_name: str, jpegs, bat
     builders = [("CPU", lambda: CpuDecode(size, batch, SLOTS, args.cpu_threads)),
                 ("torchvision", lambda: TorchvisionNvjpeg(size)),
                 ("nvImageCodec HW", lambda: NvImgCodec(size, "HW_GPU_ONLY")),
-                ("nvImageCodec HW slots", lambda: _slots(NvImgCodec(size, "HW_GPU_ONLY"), batch, (h, w))),
                 ("nvImageCodec hybrid", lambda: NvImgCodec(size, "HYBRID_CPU_GPU")),
                 ("nvImageCodec GPU_ONLY", lambda: NvImgCodec(size, "GPU_ONLY"))]
     builders += [(f"DALI {ld}", (lambda ld=ld: Dali(size, batch, (h, w), ld, args.dali_threads))) for ld in args.dali_loads]
@@ -825,6 +838,17 @@ def measure_config(args, pcie: Pcie, calib: dict, net, res_name: str, jpegs, bat
             r, p = run_overlapped(model, pre, make_batches(jpegs, batch, nb), SLOTS, streams), {}
         row["e2e_fps"] = round(r["frames_per_s"], 1)
         row["p50_ms"], row["p99_ms"] = round(r["p50_ms"], 2), round(r["p99_ms"], 2)
+        # why e2e falls short of the limit: the graph slowed by the decode/NMS work sharing the SMs, or idle waiting
+        row["model_ms_alone"] = round(1e3 * batch / model_fps, 3)
+        row["model_ms_in_e2e"] = round(r["model_ms_in_e2e"], 3)
+        row["infer_idle_ms"] = round(r["infer_idle_ms"], 3)
+        row["decode_call_ms"] = round(r["decode_call_ms"], 3)
+        if "decode_stream_fps" in row:
+            row["decode_stream_ms_alone"] = round(1e3 * batch / row["decode_stream_fps"], 3)
+        if getattr(pre, "reuse", None) is not None:
+            row["decoder_buffers_reused"] = pre.reuse
+            if getattr(pre, "reuse_why", ""):
+                row["decoder_buffers_reuse_refused"] = pre.reuse_why
         if "limit_fps" in row:
             row["e2e_over_limit"] = round(r["frames_per_s"] / row["limit_fps"], 3)
         row["e2e_over_model"] = round(r["frames_per_s"] / model_fps, 3)
@@ -1069,6 +1093,8 @@ def main() -> int:
     ap.add_argument("--cpu-threads", type=int, default=16)
     ap.add_argument("--dali-threads", type=int, default=8)
     ap.add_argument("--dali-loads", default="0.65,1.0")
+    ap.add_argument("--cuda-connections", type=int, default=32,
+                    help="CUDA_DEVICE_MAX_CONNECTIONS (hardware work queues; the driver's default is 8); 0 leaves it")
     ap.add_argument("--infer-priority", type=int, default=-1, help="CUDA stream priority of inference (-1 high, 0 normal)")
     ap.add_argument("--profile", action="store_true", help="host-side CUDA API profile at the largest batch")
     ap.add_argument("--paths", default="", help="comma-separated substrings; only matching paths run")
@@ -1088,6 +1114,11 @@ def main() -> int:
     args.dali_loads = [float(x) for x in args.dali_loads.split(",") if x]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     args.max_batch, args.profiles = max(int(x) for x in args.batches.split(",")), []
+    # Before CUDA starts: nvJPEG's hardware decoder runs 14 streams of its own; with the driver's 8 hardware queues they
+    # share queues with the inference stream, and an image's colour kernel then waits behind a whole graph replay
+    # (a false dependency): at 1080p b32 that made decode + inference serial (gpu_limit_diag.py, docs/bandwidth).
+    if args.cuda_connections and "CUDA_DEVICE_MAX_CONNECTIONS" not in os.environ:
+        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = str(args.cuda_connections)
     import torch
 
     from gpu_input import frames_at
@@ -1164,7 +1195,10 @@ def main() -> int:
             goal.append({"frames": res_name, "best path": r["path"], "e2e_fps": r["e2e_fps"], "limit_fps": r["limit_fps"],
                          "slowest_stage": r["slowest_stage"], "e2e_over_limit": r["e2e_over_limit"],
                          "met (>= 0.90)": "yes" if r["e2e_over_limit"] >= 0.9 else "no",
-                         "best e2e_over_limit of any path": max(c["e2e_over_limit"] for c in cand)})
+                         "best e2e_over_limit of any path": max(c["e2e_over_limit"] for c in cand),
+                         "model_ms_alone": r.get("model_ms_alone"), "model_ms_in_e2e": r.get("model_ms_in_e2e"),
+                         "infer_idle_ms": r.get("infer_idle_ms"), "decode_stream_ms_alone": r.get("decode_stream_ms_alone"),
+                         "decode_call_ms": r.get("decode_call_ms")})
     ratios = []
     for res_name in dict.fromkeys(r["frames"] for r in rows):
         bef = next((r for r in before_after_rows if res_name in r["case"] and "before" in r["case"]), None)
