@@ -97,7 +97,6 @@ def versions() -> dict:
     except Exception as e:  # NVML's own error types
         v["nvml_error"] = f"{type(e).__name__}: {str(e)[:300]}"
     try:
-        import os
         v["host_cpus"] = os.cpu_count()
     except Exception:
         pass
@@ -1020,7 +1019,20 @@ MAIN_KEYS = ["frames", "batch", "path", "decode_only_fps", "decode_stream_fps", 
              "slowest_stage", "e2e_fps", "e2e_over_limit", "e2e_over_model", "p50_ms", "p99_ms",
              "counted_bytes_per_frame", "decode_rx_bytes_per_frame", "nvml_rx_bytes_per_frame",
              "corrected_rx_bytes_per_frame", "corrected_over_counted", "pcie_rx_util_pct", "torch_mem_peak_mib",
-             "nvml_mem_peak_mib", "max_abs_vs_cpu", "mean_abs_vs_cpu"]
+             "nvml_mem_peak_mib", "max_abs_vs_cpu", "mean_abs_vs_cpu", "model_ms_alone", "model_ms_in_e2e",
+             "infer_idle_ms", "decode_stream_ms_alone", "decode_call_ms"]
+
+
+WHY_CONNECTIONS = (
+    "Why it matters (measured with bench/gpu_limit_diag.py, 2026-12-06, lent H100, 1080p batch 32; "
+    "docs/bandwidth/gpu_limit-why.md): with the driver's default of 8 hardware work queues, decode and inference ran "
+    "one after the other (NVJPG path 2,834 frames/s, 0.58 of the model alone). Not the GIL (a Python counter kept "
+    "99-102% of its rate during the NVJPG decode call), not pageable copies, not the memory pool: nvJPEG's hardware "
+    "decoder spreads a batch over 14 streams of its own and waits on each image's colour-conversion kernel; with 8 "
+    "queues some of those streams share a queue with the inference stream, and that image's kernel waits behind the "
+    "whole graph replay (a false dependency; one cudaEventSynchronize of 6.7 ms a batch in the trace). With 32 queues "
+    "the same code ran at 4,346 frames/s (0.88), and with the in-place letterbox and reused decoder buffers at the "
+    "figures above.")
 
 
 def render(data: dict) -> str:
@@ -1057,7 +1069,14 @@ def render(data: dict) -> str:
         out += ["Split tuning (frames/s end to end by frames a batch sent to the NVJPG engines):", ""]
         out += [f"- {r['frames']} b{r['batch']}: {r['split_tuning']}" for r in splits] + [""]
     if data.get("goal"):
-        out += ["## Goal: best path >= 90% of its slowest stage (batch 32)", "", table(data["goal"], list(data["goal"][0])), ""]
+        out += ["## Goal: best path >= 90% of its slowest stage (batch 32)", "", table(data["goal"], list(data["goal"][0])), "",
+                "model_ms_alone: the graph's time a batch alone; model_ms_in_e2e: its GPU time a batch inside the "
+                "pipeline (CUDA events on the inference stream); infer_idle_ms: the inference stream's median gap between "
+                "batches; decode_call_ms: the decode thread's host time a batch. With infer_idle_ms ~0 the pipeline runs "
+                "at the graph's pace, and what is left of the gap to the limit is the graph slowed by the decode and NMS "
+                "kernels that share its SMs (model_ms_in_e2e over model_ms_alone).", "",
+                f"CUDA_DEVICE_MAX_CONNECTIONS: {v.get('CUDA_DEVICE_MAX_CONNECTIONS', 'unset')}. "
+                + WHY_CONNECTIONS, ""]
     if data.get("before_after"):
         ba = data["before_after"]
         seed = [{"case": "seed (Jetson AGX Orin), before: FP32, CPU decode, serial", "frames_per_s": 110, "p50_ms": 68,
