@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import queue
 import sys
 import threading
 import time
@@ -594,97 +593,13 @@ def make_streams(args):
 
 def run_overlapped(model: Model, pre: Pre, batches, slots: int, streams) -> dict:
     """Decode batch i+1.. (thread 1, stream decode), infer batch i (this thread, stream infer), NMS batch i-1..
-    (thread 2, stream post); events order the streams, the ring's slots are reused only when their users are done."""
-    import torch
-
+    (thread 2, stream post): the package's ring (yolo_compile.gpu.overlap.run_ring), with where the time went."""
     from yolo_compile.gpu.frames import torch_nms as nms
+    from yolo_compile.gpu.overlap import run_ring
 
-    s_dec, s_inf, s_post = streams
-    n = len(batches)
-    ev_pre = [torch.cuda.Event() for _ in range(slots)]
-    ev_inf = [torch.cuda.Event() for _ in range(slots)]
-    # where the time goes: the graph's GPU time a batch inside the pipeline, the inference stream's idle gaps
-    t_inf = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
-    dec_call = [0.0] * n
-    started, lat = [0.0] * n, [0.0] * n
-    inferred = [threading.Event() for _ in range(n)]
-    posted = [threading.Event() for _ in range(n)]
-    to_infer, to_post, errors = queue.Queue(), queue.Queue(), []
-
-    def guarded(fn):
-        def run():
-            try:
-                fn()
-            except BaseException as e:
-                errors.append(e)
-                traceback.print_exc()
-                for ev in inferred + posted:
-                    ev.set()
-                to_infer.put(None)
-                to_post.put(None)
-        return run
-
-    def decode():
-        for i in range(n):
-            k = i % slots
-            if i >= slots:
-                inferred[i - slots].wait()
-            if errors:
-                return
-            started[i] = time.perf_counter()
-            with torch.cuda.stream(s_dec):
-                s_dec.wait_event(ev_inf[k])
-                pre.stage(batches[i], k, model.inp[k])
-                ev_pre[k].record(s_dec)
-            dec_call[i] = time.perf_counter() - started[i]
-            to_infer.put(i)
-
-    def post():
-        for _ in range(n):
-            i = to_post.get()
-            if i is None or errors:
-                return
-            k = i % slots
-            with torch.cuda.stream(s_post):
-                s_post.wait_event(ev_inf[k])
-                nms(model.out[k])
-            lat[i] = time.perf_counter() - started[i]
-            posted[i].set()
-
-    torch.cuda.synchronize()
-    t_all = time.perf_counter()
-    threads = [threading.Thread(target=guarded(f), daemon=True) for f in (decode, post)]
-    for t in threads:
-        t.start()
-    for _ in range(n):
-        i = to_infer.get()
-        if i is None or errors:
-            break
-        k = i % slots
-        if i >= slots:
-            posted[i - slots].wait()
-        with torch.cuda.stream(s_inf):
-            s_inf.wait_event(ev_pre[k])
-            t_inf[i][0].record(s_inf)
-            model.replay(k)
-            t_inf[i][1].record(s_inf)
-            ev_inf[k].record(s_inf)
-        inferred[i].set()
-        to_post.put(i)
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    torch.cuda.synchronize()
-    wall = time.perf_counter() - t_all
-    a = np.asarray(lat) * 1e3
-    steady = range(min(slots, n - 1), n)
-    graph_ms = [t_inf[i][0].elapsed_time(t_inf[i][1]) for i in steady]
-    idle_ms = [t_inf[i - 1][1].elapsed_time(t_inf[i][0]) for i in steady if i > 0]
-    return {"frames_per_s": n * model.batch / wall, "p50_ms": float(np.percentile(a, 50)),
-            "p99_ms": float(np.percentile(a, 99)), "seconds": wall, "batches": n,
-            "model_ms_in_e2e": float(np.median(graph_ms)), "infer_idle_ms": float(np.median(idle_ms)) if idle_ms else 0.0,
-            "decode_call_ms": float(np.median([dec_call[i] for i in steady])) * 1e3}
+    r = run_ring(len(batches), slots, model.batch, lambda i, k: pre.stage(batches[i], k, model.inp[k]),
+                 lambda i, k: model.replay(k), lambda i, k: nms(model.out[k]), streams)
+    return {"p50_ms": r.pop("batch_latency_p50_ms"), "p99_ms": r.pop("batch_latency_p99_ms"), **r}
 
 
 def run_serial(model: Model, pre: Pre, batches) -> dict:
@@ -1136,8 +1051,10 @@ def main() -> int:
     # Before CUDA starts: nvJPEG's hardware decoder runs 14 streams of its own; with the driver's 8 hardware queues they
     # share queues with the inference stream, and an image's colour kernel then waits behind a whole graph replay
     # (a false dependency): at 1080p b32 that made decode + inference serial (gpu_limit_diag.py, docs/bandwidth).
-    if args.cuda_connections and "CUDA_DEVICE_MAX_CONNECTIONS" not in os.environ:
-        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = str(args.cuda_connections)
+    if args.cuda_connections:
+        from yolo_compile.gpu.overlap import widen_hardware_queues
+
+        widen_hardware_queues(args.cuda_connections)
     import torch
 
     from gpu_input import frames_at
