@@ -15,8 +15,8 @@ PAD = 114
 
 
 @triton.jit
-def _letterbox(src, dst, H, W, s_b, s_y, s_x, s_c, nh, nw, top, left, scale_y, scale_x,
-               S: tl.constexpr, PADV: tl.constexpr, BLOCK: tl.constexpr):
+def _letterbox(src, dst, frame_offs, H, W, s_b, s_y, s_x, s_c, nh, nw, top, left, scale_y, scale_x,
+               S: tl.constexpr, PADV: tl.constexpr, BLOCK: tl.constexpr, GATHER: tl.constexpr):
     b = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < S * S
@@ -33,9 +33,13 @@ def _letterbox(src, dst, H, W, s_b, s_y, s_x, s_c, nh, nw, top, left, scale_y, s
     x1 = tl.minimum(x0 + 1, W - 1)
     wy = fy - y0.to(tl.float32)
     wx = fx - x0.to(tl.float32)
-    base = src + b.to(tl.int64) * s_b
-    r0 = y0.to(tl.int64) * s_y
-    r1 = y1.to(tl.int64) * s_y
+    if GATHER:  # frames in separate allocations: byte offset of frame b from frame 0 (no stacking copy)
+        boff = tl.load(frame_offs + b).to(tl.int64)
+    else:
+        boff = b.to(tl.int64) * s_b
+    base = src
+    r0 = y0.to(tl.int64) * s_y + boff
+    r1 = y1.to(tl.int64) * s_y + boff
     c0 = x0.to(tl.int64) * s_x
     c1 = x1.to(tl.int64) * s_x
     out = dst + b.to(tl.int64) * (3 * S * S) + offs
@@ -72,8 +76,22 @@ def letterbox(src, dst, layout: str = "NHWC", block: int = 1024) -> None:
     assert dst.shape[0] == n and dst.is_contiguous(), (dst.shape, n)
     nh, nw, top, left = geometry(h, w, size)
     grid = (triton.cdiv(size * size, block), n)
-    _letterbox[grid](src, dst, h, w, s_b, s_y, s_x, s_c, nh, nw, top, left, h / nh, w / nw,
-                     S=size, PADV=PAD, BLOCK=block)
+    _letterbox[grid](src, dst, src, h, w, s_b, s_y, s_x, s_c, nh, nw, top, left, h / nh, w / nw,
+                     S=size, PADV=PAD, BLOCK=block, GATHER=False)
+
+
+def letterbox_gather(first, offsets, n: int, dst, block: int = 1024) -> None:
+    """Letterbox n frames of first's (H, W, 3) shape and strides that lie in separate allocations, frame b at byte
+    offset offsets[b] (int64, on the device) from first's data, into dst (n, 3, S, S): what a decoder's per-image
+    buffers give, read in place instead of stacked into one batch first (a copy of the whole batch saved)."""
+    h, w = first.shape[0], first.shape[1]
+    s_y, s_x, s_c = first.stride(0), first.stride(1), first.stride(2)
+    size = dst.shape[-1]
+    assert dst.shape[0] == n and dst.is_contiguous() and first.dtype.itemsize == 1, (dst.shape, n)
+    nh, nw, top, left = geometry(h, w, size)
+    grid = (triton.cdiv(size * size, block), n)
+    _letterbox[grid](first, dst, offsets, h, w, 0, s_y, s_x, s_c, nh, nw, top, left, h / nh, w / nw,
+                     S=size, PADV=PAD, BLOCK=block, GATHER=True)
 
 
 def _selfcheck() -> None:
@@ -98,6 +116,14 @@ def _selfcheck() -> None:
             d = np.abs(dst.numpy().astype(int) - ref.astype(int))
             print(f"{h}x{w}->{size} {layout}: max {d.max()}, mean {d.mean():.4f}")
             assert d.max() <= 2, d.max()
+        # separate frames read in place: offsets from the first frame (here views of one array, any order)
+        frames = [torch.from_numpy(np.ascontiguousarray(i)) for i in imgs[::-1]]
+        offs = torch.tensor([f.data_ptr() - frames[0].data_ptr() for f in frames], dtype=torch.int64)
+        dst = torch.empty((2, 3, size, size), dtype=torch.uint8)
+        letterbox_gather(frames[0], offs, 2, dst, block=256)
+        d = np.abs(dst.numpy().astype(int) - ref[::-1].astype(int))
+        print(f"{h}x{w}->{size} gather: max {d.max()}")
+        assert d.max() <= 2, d.max()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def markdown(result) -> str:
         parts += ["## End to end (JPEG frames to detections)", table(result.end_to_end, keys)]
     parts += ["## Skipped", *[f"- {s}" for s in result.skipped], "## Notes", *[f"- {n}" for n in result.notes]]
     if result.gpu:
-        parts += ["## GPU clocks", f"- before: {result.gpu.get('before')}", f"- after: {result.gpu.get('after')}"]
+        parts += ["## GPU clocks", f"- before: {result.gpu.get('before')}", f"- after: {result.gpu.get('after')}",
+                  f"- CUDA_DEVICE_MAX_CONNECTIONS: {result.gpu.get('cuda_device_max_connections', 'not recorded')}"]
     return "\n\n".join(parts) + "\n"
 
 

@@ -125,7 +125,6 @@ class GpuPipeline:
         self.staging = [h.to(dev) if h is not None else None for h in self.host]
         self.streams = {k: torch.cuda.Stream() for k in ("decode", "infer", "post")}
         self.ev_pre = [torch.cuda.Event() for _ in range(SLOTS)]
-        self.ev_inf = [torch.cuda.Event() for _ in range(SLOTS)]
 
     def bytes_per_frame(self, jpegs: list[bytes]) -> float:
         """Return the bytes one frame moves host -> device on this path."""
@@ -203,83 +202,21 @@ class GpuPipeline:
 
         One host thread a stage because the stages block their thread (torchvision's GPU decode and NMS both wait
         on the device): on one thread they serialised what the three streams were meant to overlap (issue 15).
-        Slots are reused only after their previous user is done: decode of batch i waits until inference of
-        batch i-3 is enqueued (its event recorded), inference of batch i until NMS of batch i-3 has finished.
+        The loop is overlap.run_ring; its figures add where the time went (graph ms, idle ms, decode call ms).
         """
-        import queue
-        import threading
+        from yolo_compile.gpu.overlap import run_ring
 
-        import torch
+        def stage(i, k):
+            self.host_part(batches[i], k)
+            self.device_part(batches[i], k)
+            self.ev_pre[k].record()  # host_part waits on it before refilling this slot's pinned buffer
 
-        s_dec, s_inf, s_post = self.streams["decode"], self.streams["infer"], self.streams["post"]
-        n = len(batches)
-        started, lat = [0.0] * n, [0.0] * n
-        inferred = [threading.Event() for _ in range(n)]  # ev_inf of batch i recorded
-        posted = [threading.Event() for _ in range(n)]  # NMS of batch i finished
-        to_infer, to_post, errors = queue.Queue(), queue.Queue(), []
+        def post(i, k):
+            torch_nms(self.out[k])
 
-        def guarded(fn):
-            def run():
-                try:
-                    fn()
-                except BaseException as e:  # re-raised on the calling thread below
-                    errors.append(e)
-                    for ev in inferred + posted:
-                        ev.set()
-                    to_infer.put(None)
-                    to_post.put(None)
-            return run
-
-        def decode():
-            for i in range(n):
-                k = i % SLOTS
-                if i >= SLOTS:
-                    inferred[i - SLOTS].wait()
-                started[i] = time.perf_counter()
-                self.host_part(batches[i], k)
-                with torch.cuda.stream(s_dec):
-                    s_dec.wait_event(self.ev_inf[k])  # inference of batch i-3 has read this slot
-                    self.device_part(batches[i], k)
-                    self.ev_pre[k].record(s_dec)
-                to_infer.put(i)
-
-        def post():
-            for _ in range(n):
-                i = to_post.get()
-                if i is None or errors:
-                    return
-                k = i % SLOTS
-                with torch.cuda.stream(s_post):
-                    s_post.wait_event(self.ev_inf[k])
-                    torch_nms(self.out[k])
-                    s_post.synchronize()
-                lat[i] = time.perf_counter() - started[i]
-                posted[i].set()
-
-        torch.cuda.synchronize()
-        t_all = time.perf_counter()
-        threads = [threading.Thread(target=guarded(f), daemon=True) for f in (decode, post)]
-        for t in threads:
-            t.start()
-        for _ in range(n):
-            i = to_infer.get()
-            if i is None or errors:
-                break
-            k = i % SLOTS
-            if i >= SLOTS:
-                posted[i - SLOTS].wait()  # NMS of batch i-3 has read out[k]
-            with torch.cuda.stream(s_inf):
-                s_inf.wait_event(self.ev_pre[k])
-                self.infer(k)
-                self.ev_inf[k].record(s_inf)
-            inferred[i].set()
-            to_post.put(i)
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        torch.cuda.synchronize()
-        return _summary(lat, time.perf_counter() - t_all, n * self.batch)
+        s = self.streams
+        return run_ring(len(batches), SLOTS, self.batch, stage, lambda i, k: self.infer(k), post,
+                        (s["decode"], s["infer"], s["post"]))
 
     def close(self) -> None:
         """Stop the worker threads."""

@@ -19,6 +19,7 @@ from yolo_compile import fileio, runs
 from yolo_compile.runtimes.registry import CPU_BACKENDS, available, open_runner
 from yolo_compile.config import check_positive, path_field
 from yolo_compile.gpu.device import cuda_device, gpu_clocks
+from yolo_compile.gpu.overlap import widen_hardware_queues
 from yolo_compile.evaluate import speed
 from yolo_compile.errors import ThroughputError
 from yolo_compile.runtimes import timing
@@ -153,6 +154,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
         runs.write_result(run_dir, STAGE, result)
         return result
     size = int(exp["imgsz"])
+    queues = widen_hardware_queues()  # before CUDA starts, or decode and inference serialise (gpu/overlap.py)
     has_cuda, cuda_why = cuda_device()
     cases, skipped = plan_cases(cfg, run_dir, exp, build, has_cuda)
     cpu_target = build["backend"] in CPU_BACKENDS
@@ -160,7 +162,7 @@ def run(cfg: ThroughputConfig, run_dir: str | Path) -> ThroughputResult:
     gpu = {}
     with timing.exclusive("throughput") as slot, runs.Timer() as t, timing.LoadWatch() as watch:
         if has_cuda:
-            gpu["before"] = gpu_clocks()
+            gpu["before"], gpu["cuda_device_max_connections"] = gpu_clocks(), queues
         rows, spent = sweep(cases, cfg, size, budget)
         skipped += spent
         if has_cuda:
