@@ -102,7 +102,8 @@ def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_s
 
 def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_sets):
     """A generous accept_drop takes the first candidate (NNCF on a CPU target) and lists the rest as not tried."""
-    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50,
+                                               objective="accuracy"), run_copy)
     scored = [r for r in res.candidates if "drop_points" in r]
     assert [r["quantizer"] for r in scored] == ["nncf"] and res.quantizer == "nncf"
     assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
@@ -110,3 +111,39 @@ def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_se
     assert "first candidate within accept_drop=50" in res.chosen["why"] and res.chosen["noise_points"] >= 0
     # the shipped file is the very file that was scored: its detections are in the cache under its content hash
     assert res.size_ratio <= 0.35
+
+
+def test_latency_objective_times_every_candidate_and_takes_the_fastest_within_the_bar(run_copy, image_sets):
+    """objective=latency (the default): FP32 and every candidate timed on OpenVINO; the winner is the fastest within
+    accept_drop (ties in speed: the smaller drop); every other candidate says why it lost; FP32 is on the front."""
+    from yolo_compile.quant.latency import tied
+
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    assert res.objective == "latency" and res.chosen["backend"] == "openvino"
+    labels = {r["calibration"] for r in res.candidates}
+    assert {"nncf mixed preset, fast bias correction", "nncf performance preset, fast bias correction, INT8 stem",
+            "nncf mixed preset, fast bias correction, INT8 stem and out_convs"} <= labels
+    assert all(r["images_per_s"] > 0 and r["speed_noise"] >= 0.03 for r in res.candidates)
+    assert all(r.get("paired_with") for r in res.candidates)  # each timed beside the fastest model timed before it
+    chosen = res.chosen
+    within = [r for r in res.candidates if r.get("drop_points", 99) <= 50]
+    fastest = max(within, key=lambda r: r["images_per_s"])
+    assert tied(chosen, fastest) and chosen["drop_points"] == min(r["drop_points"] for r in within if tied(r, fastest))
+    assert "fastest candidate within accept_drop=50" in chosen["why"] and "runner-up" in chosen["why"]
+    assert all(r.get("lost") for r in res.candidates if r["calibration"] != chosen["calibration"])
+    assert chosen["fp32_images_per_s"] > 0 and "FP32" in chosen["says"] and isinstance(chosen["int8_buys_speed"], bool)
+    points = {p["candidate"]: p for p in res.pareto}
+    assert points["fp32"]["drop_points"] == 0 and len(points) == len(res.candidates) + 1
+    assert sum(p["chosen"] for p in res.pareto) == 1
+    # a chosen variant that made the stem or the output convs INT8 passes the recipe check: they are INT8 on purpose
+    stem_int8 = "/model.0/conv/Conv" in res.quantized_nodes
+    assert stem_int8 == ("stem" in chosen.get("int8_groups", []))
+    assert not any("/dfl/" in n for n in res.quantized_nodes)
+
+
+def test_tensorrt_target_says_latency_was_not_measured(run_copy, image_sets):
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", data=str(image_sets["data"]), accept_drop=50,
+                                               calibration_method="auto", quantizer="modelopt"), run_copy)
+    assert res.objective == "accuracy" and "latency not measured" in res.chosen["latency"]
+    assert "first candidate within accept_drop" in res.chosen["why"] and not res.pareto
+    assert not any("images_per_s" in r for r in res.candidates)

@@ -1,0 +1,27 @@
+"""The latency rule on numbers: fastest within the bar, the smaller drop among speed ties, why each other lost."""
+
+from yolo_compile.quant import choose
+
+
+def row(name, drop, ips, noise=0.03):
+    return {"quantizer": "q", "calibration": name, "drop_points": drop, "images_per_s": ips, "speed_noise": noise}
+
+
+def test_fastest_within_the_bar_wins_and_a_speed_tie_goes_to_the_smaller_drop():
+    over, fast, tie, slow = row("over", 0.9, 130), row("fast", 0.25, 100), row("tie", 0.05, 98.5), row("slow", 0.0, 80)
+    best, runner = choose.by_latency([over, fast, tie, slow], 0.3)
+    assert best is tie and runner is fast  # 98.5 vs 100 is within 3% noise: the smaller drop wins
+    choose.why_lost([over, fast, tie, slow], best, 0.3)
+    assert "accept_drop=0.3" in over["lost"] and "as fast within noise" in fast["lost"] and "slower" in slow["lost"]
+    why = choose.explain(best, runner, {"images_per_s": 99.0, "speed_noise": 0.03}, 0.3, 4, 4)
+    assert "runner-up q fast: 100.0 images/s, drop 0.250" in why and "INT8 buys no speed" in why
+
+
+def test_nothing_within_the_bar_leaves_the_choice_to_accuracy_and_fp32_is_a_point():
+    assert choose.by_latency([row("a", 1.0, 100), row("b", 2.0, 120)], 0.3) == (None, None)
+    fp32 = {"images_per_s": 50.0, "speed_noise": 0.03}
+    best = row("a", 0.1, 100)
+    verdict = choose.int8_verdict(best, fp32)
+    assert verdict["int8_buys_speed"] and verdict["speedup_vs_fp32"] == 2.0
+    pts = choose.pareto([best, {"quantizer": "q", "calibration": "untimed"}], fp32, best)
+    assert [p["candidate"] for p in pts] == ["fp32", "q a"] and pts[1]["chosen"]
