@@ -12,7 +12,8 @@ from yolo_compile.quant.latency import tied
 
 def label(row: dict) -> str:
     """Return a candidate's name as the result lists it."""
-    return f"{row['quantizer']} {row['calibration']}"
+    cal = row["calibration"]
+    return cal if cal.startswith(row["quantizer"]) else f"{row['quantizer']} {cal}"
 
 
 def _speed(row: dict) -> str:
@@ -51,8 +52,10 @@ def why_lost(rows: list[dict], best: dict, accept: float) -> None:
             r["lost"] = (f"slower: {_speed(r)} vs {_speed(best)} (beyond speed noise "
                          f"{max(r.get('speed_noise', 0), best.get('speed_noise', 0)):.0%})")
         else:
-            r["lost"] = (f"as fast within noise ({_speed(r)} vs {_speed(best)}) with a larger or equal drop: "
-                         f"{r['drop_points']:.3f} vs {best['drop_points']:.3f} points")
+            r["lost"] = (f"as fast within noise ({_speed(r)} vs {_speed(best)}) with "
+                         + (f"a larger drop: {r['drop_points']:.3f} vs {best['drop_points']:.3f} points"
+                            if r["drop_points"] > best["drop_points"] else
+                            f"the same drop ({r['drop_points']:.3f} points) and a lower speed"))
 
 
 def explain(best: dict, runner: dict | None, fp32: dict, accept: float, scored: int, total: int) -> str:

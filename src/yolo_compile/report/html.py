@@ -251,6 +251,9 @@ def figures_html(run_dir: Path, results: dict[str, dict]) -> str:
         figs.append(plots.bar_chart(labels, {k: [_num((rows[c] or {}).get(k)) for c in labels] for k in ("recall", "precision")},
                                     f"Detection agreement with FP32 (conf {agree.get('conf')}, IoU {agree.get('iou')})",
                                     vmax=1.0))
+    if q.get("pareto"):
+        figs.append(plots.pareto_chart(q["pareto"], _num((q.get("chosen") or {}).get("accept_drop")),
+                                       f"Candidates: mAP drop vs speed ({(q.get('chosen') or {}).get('backend', '?')})"))
     series: dict[str, list] = {}
     for r in tp.get("rows") or []:
         if isinstance(r, dict) and _num(r.get("batch")) and _num(r.get("p50_ms")):
@@ -285,7 +288,8 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
             continue
         title = {"sensitivity": "Layer sensitivity", "recipes": "Recipes side by side",
                  "agreement": "Detection agreement after NMS", "accuracy": "Task accuracy (mAP)",
-                 "stats": "Tensor errors, FP32 vs quantized (Polygraphy)"}.get(k, k.replace("_", " "))
+                 "stats": "Tensor errors, FP32 vs quantized (Polygraphy)",
+                 "pareto": "The front: mAP drop vs images/s per candidate (FP32 included)"}.get(k, k.replace("_", " "))
         parts.append(f"<h3>{html.escape(title)}</h3>{_value(v)}")
     if stage:  # in a notebook (stage ''), the plots show through the report's figures instead
         return "".join(parts)

@@ -25,3 +25,18 @@ def test_nothing_within_the_bar_leaves_the_choice_to_accuracy_and_fp32_is_a_poin
     assert verdict["int8_buys_speed"] and verdict["speedup_vs_fp32"] == 2.0
     pts = choose.pareto([best, {"quantizer": "q", "calibration": "untimed"}], fp32, best)
     assert [p["candidate"] for p in pts] == ["fp32", "q a"] and pts[1]["chosen"]
+
+
+def test_the_report_draws_the_front_and_lists_it_as_a_table(tmp_path):
+    from yolo_compile import plots
+    from yolo_compile.report import html
+
+    best = {**row("nncf mixed", 0.1, 100), "drop_noise": 0.05, "lost": ""}
+    pts = choose.pareto([best, {**row("max", 0.9, 90), "lost": "drop 0.900 points > accept_drop=0.3"},
+                         {"quantizer": "modelopt", "calibration": "entropy", "images_per_s": 80.0, "speed_noise": 0.04,
+                          "lost": "not scored"}], {"images_per_s": 70.0, "speed_noise": 0.03}, best)
+    svg = plots.pareto_chart(pts, 0.3, "front")
+    assert svg.startswith("<svg") and "accept_drop 0.3" in svg and ">chosen<" in svg and ">FP32<" in svg
+    assert "not scored" in svg and svg.count("<circle") == 2 and svg.count("<rect") == 1
+    table = html.stage_html(tmp_path, "", {"status": "passed", "pareto": pts})
+    assert "The front: mAP drop vs images/s" in table and "nncf mixed" in table and "images_per_s" in table
