@@ -1,0 +1,27 @@
+"""The speed space's graph edit: the stem (exact 1/255 input grid) and the head's output convs turned INT8."""
+
+import json
+
+import numpy as np
+
+from yolo_compile import images
+from yolo_compile.quant import graph as qgraph
+from yolo_compile.quant.qdq_edit import SILU_MIN, int8_convs, uint8_qparams
+from yolo_compile.runtimes.registry import open_runner
+
+
+def test_stem_and_output_convs_become_int8_and_the_model_still_agrees(quantized_run, tmp_path):
+    res = json.loads((quantized_run / "quantize" / "result.json").read_text())
+    src = quantized_run / res["onnx"]
+    head = qgraph.find_head(__import__("onnx").load(str(quantized_run / "export" / "model.onnx")).graph, 22)
+    convs = {"/model.0/conv/Conv": (0.0, 1.0), **{n: (SILU_MIN, 4.0) for n in head.output_convs}}
+    done = int8_convs(src, tmp_path / "edit.onnx", convs)
+    assert set(done) == set(convs)
+    _, quantized = qgraph.inspect_qdq(tmp_path / "edit.onnx")
+    assert set(convs) <= set(quantized) and not set(quantized) & set(head.dfl + head.decode)
+    assert uint8_qparams(0.0, 1.0) == (1 / 255, 0)  # pixels k/255 sit exactly on the grid
+    cal = json.loads((quantized_run / "calibrate" / "result.json").read_text())
+    x = images.to_float(np.asarray(np.load(quantized_run / cal["array"], mmap_mode="r")[:2]))
+    for backend in ("onnxruntime", "openvino"):
+        a, b = open_runner(backend, src).run(x), open_runner(backend, tmp_path / "edit.onnx").run(x)
+        assert np.isfinite(b).all() and np.abs(a[:, :4] - b[:, :4]).max() < 8.0  # boxes in pixels at 64 px
