@@ -65,7 +65,8 @@ def explain(best: dict, runner: dict | None, fp32: dict, accept: float, scored: 
     if runner is not None:
         text += (f"; runner-up {label(runner)}: {_speed(runner)}, drop {runner['drop_points']:.3f} "
                  f"({runner.get('lost', '')})")
-    text += f"; {scored} of {total} candidates scored on the full split (the rest were slower beyond noise)"
+    text += (f"; {scored} of {total} candidates scored on the full split"
+             + (" (the rest were slower beyond noise: they could not win)" if scored < total else ""))
     return text + "; " + int8_verdict(best, fp32)["says"]
 
 

@@ -131,6 +131,9 @@ def test_latency_objective_times_every_candidate_and_takes_the_fastest_within_th
     fastest = max(within, key=lambda r: r["images_per_s"])
     assert tied(chosen, fastest) and chosen["drop_points"] == min(r["drop_points"] for r in within if tied(r, fastest))
     assert "fastest candidate within accept_drop=50" in chosen["why"] and "runner-up" in chosen["why"]
+    runner = [r for r in res.candidates if chosen["runner_up"].startswith(r["calibration"])
+              or chosen["runner_up"].startswith(f"{r['quantizer']} {r['calibration']}")]
+    assert runner and "drop_points" in runner[0] and "images/s" in chosen["runner_up"]  # both its numbers
     assert all(r.get("lost") for r in res.candidates if r["calibration"] != chosen["calibration"])
     assert chosen["fp32_images_per_s"] > 0 and "FP32" in chosen["says"] and isinstance(chosen["int8_buys_speed"], bool)
     points = {p["candidate"]: p for p in res.pareto}
