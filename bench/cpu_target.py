@@ -116,13 +116,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true", help="write the table into bench/README.md")
     ap.add_argument("--domain", choices=[*DOMAINS, "both"], default="both", help="reference domain(s) to measure")
+    ap.add_argument("--keep", action="store_true", help="keep the work folders (run folders, report.html) and print them")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for our compile")
     args = ap.parse_args()
     from _common import machine_line
 
     texts, failed = [machine_line()], 0
     for domain in (DOMAINS if args.domain == "both" else [args.domain]):
-        text = bench_domain(domain, dict(s.split("=", 1) for s in args.set))
+        text = bench_domain(domain, dict(s.split("=", 1) for s in args.set), keep=args.keep)
         failed += text is None
         texts.append(f"### {domain}\n\n{text or 'our compile failed: see the log above'}")
     text = "\n\n".join(texts)
@@ -135,7 +136,7 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def bench_domain(domain: str, extra: dict) -> str | None:
+def bench_domain(domain: str, extra: dict, keep: bool = False) -> str | None:
     """Return the markdown table and goals of one domain, ours vs the peer paired on this machine (None: ours failed)."""
     import numpy as np
     import yaml
@@ -244,7 +245,10 @@ def bench_domain(domain: str, extra: dict) -> str | None:
                       f"- our stages (s): {', '.join(f'{k} {v}' for k, v in stages.items())}",
                       f"- our recipe ({q.get('objective', '?')}): {q.get('why', '?')}",
                       f"- our engine's choice: {build.get('choice', {}).get('reason', build.get('backend'))}"])
-    shutil.rmtree(work, ignore_errors=True)
+    if keep:
+        text += f"\n- kept: {run_dir}"
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     return text
 
 
