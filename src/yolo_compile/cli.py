@@ -8,21 +8,12 @@ import logging
 import sys
 
 from yolo_compile import STAGES
+from yolo_compile.config import parse_set
 from yolo_compile.errors import CompileError
 
 
-def _parse_set(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CompileError(f"--set {item!r}: expected key=value, e.g. --set target=cpu")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (0 passed, 1 a stage failed, 2 bad input)."""
+    """Entry point; returns the process exit code (0 passed, 1 a stage or gate failed, 2 bad input, 3 regression)."""
     ap = argparse.ArgumentParser(prog="yolo-compile", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a workflow: yolo-compile run default [--model M.pt] [--set key=value]")
@@ -32,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--eval", help="held-out image folder for the compare stage; default: the reference val split")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any stage parameter (repeatable)")
     r.add_argument("--artifacts", "--out", help="where run folders go; default: artifacts/runs")
+    from .pipeline.commands import add_commands as add_ci_commands, add_run_options
+
+    add_run_options(r)  # --baseline, --regress-*-max, -q (CI use)
     for p in (r, sub.add_parser("resume", help="finish a run that died: yolo-compile resume RUN_DIR")):
         p.add_argument("-v", "--verbose", action="store_true", help="show papermill's log and the notebooks' output")
         p.add_argument("--no-cache", action="store_true", help="run every stage's notebook, ignoring the stage cache")
@@ -61,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from yolo_compile.report.archive import add_commands
 
     add_commands(sub)  # ls, diff, verify, gc, review
+    add_ci_commands(sub)  # accept, plan; ls --html
     args = ap.parse_args(argv)
     if getattr(args, "handler", None):
         try:
@@ -85,25 +80,35 @@ def main(argv: list[str] | None = None) -> int:
     _stop_on_signals()
     try:
         kw = {"use_cache": not args.no_cache, "verbose": verbose, "on_stage": _print_stage}
+        from .pipeline.commands import ci_overrides, quiet_stage_printer
+
+        kw["on_stage"] = quiet_stage_printer(args, _print_stage)  # -q
         if args.cmd == "resume":
             run_dir, manifest = resume(args.run_dir, **kw)
         else:
-            overrides = _parse_set(args.set)
+            overrides = parse_set(args.set)
             for key, value in (("model", args.model), ("calib_dir", args.calib), ("eval_dir", args.eval)):
                 if value:
                     overrides[key] = value
+            overrides.update(ci_overrides(args))
             run_dir, manifest = run_workflow(args.workflow, overrides, args.artifacts, **kw)
     except CompileError as e:
+        from .progress import stop_console
+
+        stop_console()
         print(f"yolo-compile: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         where = getattr(e, "run_dir", None)
         print(f"interrupted: {where}\nresume with: yolo-compile resume {where}" if where else "interrupted", file=sys.stderr)
         return 130
-    print(f"{manifest['status']}: {run_dir}/report.html")
+    from .ci.hooks import on_console
+
+    code = on_console(run_dir, manifest)  # vs baseline lines, step summary, exit 3 on a regression
+    print(f"{manifest['status'] if code != 3 else 'regressed'}: {run_dir}/report.html")
     if manifest["status"] != "passed":
         _print_next_step(run_dir)
-    return 0 if manifest["status"] == "passed" else 1
+    return code
 
 
 def _stop_on_signals() -> None:

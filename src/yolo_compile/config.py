@@ -88,3 +88,14 @@ def check_positive(name: str, value: float) -> None:
     """Raise ConfigError unless value > 0."""
     if not value > 0:
         raise ConfigError(f"parameter '{name}' = {value!r}: must be greater than 0")
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """Return the KEY=VALUE items of repeated --set options as a dict (values stay strings; configs type them)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompileError(f"--set {item!r}: expected key=value, e.g. --set target=cpu")
+        out[key.strip()] = value.strip()
+    return out

@@ -20,13 +20,14 @@ LAYERS = (
     ("yolo_compile", "errors"),  # the package root holds data only (STAGES, __version__)
     ("resources", "config", "cluster", "fileio"),
     ("runs",),
-    ("images", "plots"),
+    ("images", "plots", "progress"),
     ("runtimes",),
     ("evaluate",),
     ("gpu", "reference", "qat"),
     ("quant", "bandwidth"),
     ("stages",),
     ("report",),
+    ("ci",),  # junit.xml, step summary, the baseline regression gate, history: called by the pipeline's hooks
     ("pipeline",),
     ("cli",),
 )

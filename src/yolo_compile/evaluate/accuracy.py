@@ -91,8 +91,11 @@ def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: in
 
     dets = []
     outs = runner.run_many(batches())
+    from ..progress import step  # console progress
+
     for i, out in zip(starts, tqdm(outs, total=len(starts), desc=desc or Path(model_path).name, unit="batch")):
         dets += [decode(o) for o in out[: len(array) - i]]
+        step("", f"{desc or Path(model_path).name}: images scored", len(dets), len(array))
     return dets
 
 

@@ -64,6 +64,9 @@ def recorded(run_dir: Path, current: dict, pool):
             manifest = runs.read_manifest(run_dir)
             manifest.update(status=status, error=error, finished_utc=runs.utc_now())
             fileio.write_json(run_dir / runs.MANIFEST, manifest)
+            from ..ci import junit  # an interrupted or crashed run still leaves junit.xml
+
+            junit.write(run_dir, manifest)
         except Exception as e2:  # noqa: BLE001  the original exception matters more
             log.error("could not record the run's end: %s", e2)
         log.error("run %s: %s", status, error)

@@ -295,36 +295,11 @@ def run_matrix(path: str | Path, *, address: str | None = None, artifacts: str |
               "runs": [rows[e.key] for e in entries]}
     folder = root.parent / "matrices" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{_slug(name)}"
     fileio.write_json(folder / "matrix.json", result)
-    fileio.write_text(folder / "matrix.html", html(result, root))
+    from ..ci.matrix_page import render  # the page in the report's summary style
+
+    fileio.write_text(folder / "matrix.html", render(result, root))
     return folder, result
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:40] or "matrix"
-
-
-def html(result: dict, root: Path) -> str:
-    """Return the self-contained matrix page: one row per run, links to each run's report."""
-    from html import escape
-
-    def cell(v: Any) -> str:
-        return "" if v is None else escape(f"{v:.3f}" if isinstance(v, float) else str(v))
-
-    heads = ["model", "target", "recipe", "status", "gate", "mAP drop (pts)", "quantized MB", "img/s (b1)", "compile s", "report"]
-    body = []
-    for r in result["runs"]:
-        s, e = r.get("summary") or {}, r.get("entry") or {}
-        label = r["label"].split(" / ")
-        link = f'<a href="../../runs/{escape(r["run"])}/report.html">report</a>' if r.get("run") else escape(r.get("error", ""))
-        mb = s.get("quantized_bytes") / 1e6 if s.get("quantized_bytes") else None
-        vals = [e.get("model", label[0]), e.get("target", label[1]), e.get("recipe", label[2]), r.get("status"),
-                {True: "pass", False: "fail"}.get(s.get("gate_passed"), ""), s.get("map_drop_points"), mb,
-                s.get("images_per_s_batch1"), s.get("compile_seconds")]
-        cls = "ok" if r.get("status") in ("passed", "reused") else "bad"
-        body.append(f'<tr class="{cls}">' + "".join(f"<td>{cell(v)}</td>" for v in vals) + f"<td>{link}</td></tr>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>matrix {escape(result['name'])}</title>
-<style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:4px 8px;text-align:left}}tr.ok td:nth-child(4){{color:#070}}tr.bad td:nth-child(4){{color:#b00}}</style></head>
-<body><h1>Compile matrix: {escape(result['name'])}</h1><p>{len(result['runs'])} runs in {result['seconds']} s on
-{escape(json.dumps(result['cluster']))}</p><table><tr>{''.join(f'<th>{h}</th>' for h in heads)}</tr>{''.join(body)}</table>
-</body></html>"""

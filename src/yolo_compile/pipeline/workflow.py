@@ -50,7 +50,7 @@ def load_workflow(name_or_path: str | Path) -> dict:
         known = ", ".join(sorted(p.stem for p in WORKFLOWS.glob("*.yaml")))
         raise WorkflowError(f"{name_or_path}: no such workflow file; use a path or one of: {known}")
     wf = yaml.safe_load(path.read_text()) or {}
-    unknown = set(wf) - {"name", "description", "stages", "params", "timeouts"}
+    unknown = set(wf) - {"name", "description", "stages", "params", "timeouts", "baseline"}  # baseline: ci/baseline.py
     if unknown:
         raise WorkflowError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected name, description, stages, params, timeouts")
     stages = wf.get("stages", list(STAGES))
@@ -118,7 +118,10 @@ def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     from yolo_compile.pipeline import validate
 
     wf = load_workflow(name_or_path)
-    params = resolve_params(wf, overrides or {})
+    from ..ci import baseline as ci_baseline  # --baseline and regress_* are not stage parameters
+
+    overrides = ci_baseline.take(wf, overrides or {}, artifacts)
+    params = resolve_params(wf, overrides)
     validate.check(wf, params)
     root = resources.runs_root(artifacts)
     model = Path(params["model"])
@@ -129,6 +132,8 @@ def run_workflow(name_or_path: str | Path, overrides: dict[str, Any] | None = No
     runs.init_manifest(run_dir, wf["name"], params, inputs)
     manifest = runs.read_manifest(run_dir)
     manifest.update(workflow_path=wf["path"], stage_list=wf["stages"], timeouts=wf.get("timeouts", {}))
+    if wf.get("baseline"):  # the resolved baseline (ci.baseline), which resume keeps
+        manifest["baseline"] = wf["baseline"]
     fileio.write_json(run_dir / runs.MANIFEST, manifest)
     log.info("run folder: %s", run_dir)
     return run_dir, _execute(run_dir, wf, params, use_cache=use_cache, verbose=verbose, on_stage=on_stage)
@@ -216,6 +221,9 @@ def _execute(run_dir: Path, wf: dict, params: dict, *, use_cache: bool, verbose:
             if bad:
                 status = "failed"
                 runs.record_stage(run_dir, stage, integrity=f"changed after the stage ended: {', '.join(bad)}")
+        from ..ci.hooks import after_stages  # baseline regression gate, junit.xml
+
+        after_stages(run_dir, wf, params, status)
         try:
             notebook.clean_run_notebooks(run_dir)  # per-cell timings and machine paths out, parameters kept
             write_report(run_dir, status)

@@ -37,6 +37,7 @@ class Search:
         self.runtime, self.timing_why = None, ""
         self.scorer = None
         self.search_summary: dict = {}
+        self.scored, self.planned = 0, None  # progress: candidates scored, and how many are planned
 
     def score(self, row: dict) -> dict:
         """Finalize a candidate (where not yet), time it, score it; the row gains drop_points, score_s, images_per_s."""
@@ -48,6 +49,11 @@ class Search:
         row["drop_noise"] = self.scorer.noise(row["file"], "fp32", rounds=20)
         row["score_s"] = round(time.perf_counter() - t, 1)
         log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
+        from ..progress import step  # console progress (a bar on a terminal, a line a step in CI logs)
+
+        self.scored += 1
+        step("quantize", f"candidate {row['quantizer']} {row['calibration']}: drop {row['drop_points']:.3f} points",
+             self.scored, self.planned)
         return row
 
     def recipe_search(self, roots: list[dict]) -> list[dict]:
@@ -132,6 +138,7 @@ class Search:
             self.rows, self.chosen = explain.only_candidate(rows[0])
             return rows[0]
         self.scorer = make_scorer(self.cfg, self.run_dir, self.exp, self.src, self.data, self.target)
+        self.planned = len(steps) + (self.cfg.search_budget if self.cfg.accept_drop == 0 else 0)
         self.start_timing()
         if self.cfg.objective == "latency" and self.cfg.accept_drop > 0 and self.bench is not None:
             from yolo_compile.quant.fastest import run_latency

@@ -251,9 +251,8 @@ def figures_html(run_dir: Path, results: dict[str, dict]) -> str:
         figs.append(plots.bar_chart(labels, {k: [_num((rows[c] or {}).get(k)) for c in labels] for k in ("recall", "precision")},
                                     f"Detection agreement with FP32 (conf {agree.get('conf')}, IoU {agree.get('iou')})",
                                     vmax=1.0))
-    if q.get("pareto"):
-        figs.append(plots.pareto_chart(q["pareto"], _num((q.get("chosen") or {}).get("accept_drop")),
-                                       f"Candidates: mAP drop vs speed ({(q.get('chosen') or {}).get('backend', '?')})"))
+    if q.get("pareto"):  # the quantize stage's front, the bar its accept_drop
+        figs.append(plots.pareto_chart(q["pareto"], _num(q["chosen"].get("accept_drop")), "Candidates: mAP drop vs speed"))
     series: dict[str, list] = {}
     for r in tp.get("rows") or []:
         if isinstance(r, dict) and _num(r.get("batch")) and _num(r.get("p50_ms")):
@@ -306,7 +305,9 @@ def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     results = read_results(run_dir)
     stage_rows = [{"stage": s, "status": v.get("status"), "seconds": v.get("seconds"), "notebook": v.get("notebook"),
                    "reason / error": v.get("error") or v.get("reason") or ""} for s, v in (m.get("stages") or {}).items()]
-    body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", summary_card(f),
+    from .baseline_card import baseline_card  # the "vs baseline" card (ci.baseline's result in the manifest)
+
+    body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", baseline_card(m), summary_card(f),
             figures_html(run_dir, results), "<h2>Stages</h2>", rows_table(stage_rows)]
     for stage in STAGES:
         res = results[stage]
