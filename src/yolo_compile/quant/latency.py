@@ -19,8 +19,9 @@ from yolo_compile.runtimes.timing import exclusive, time_adaptive
 
 log = logging.getLogger(__name__)
 ROUNDS = 4  # interleaved rounds per candidate (ABBA order)
-ROUND_SECONDS = 0.25  # cap of one adaptive timing of one model in one round
+ROUND_SECONDS = 0.2  # cap of one adaptive timing of one model in one round
 MIN_NOISE = 0.03  # relative speed difference below which two candidates are a tie
+RETIME_NOISE = 0.10  # a candidate timed noisier than this is timed once more
 
 
 def shipping_runtime(target: str) -> tuple[str | None, str]:
@@ -50,7 +51,25 @@ class Bench:
         return self.calls[label]
 
     def measure(self, label: str, path: Path) -> dict:
-        """Return {images_per_s, p50_ms, speed_noise, paired_with, speedup_vs_paired} of one model, timed paired."""
+        """Return {images_per_s, p50_ms, speed_noise, paired_with, speedup_vs_paired} of one model, timed paired.
+
+        A figure noisier than RETIME_NOISE (a neighbour's burst during the rounds) is timed once more and the
+        steadier of the two kept: a noisy candidate ties with everything and would win on drop alone.
+        """
+        row = self._measure(label, path)
+        if row["speed_noise"] > RETIME_NOISE:
+            again = self._measure(label, path)
+            row = min(row, again, key=lambda r: r["speed_noise"])
+            row["timed_twice"] = True
+        self.ips[label] = row["images_per_s"]
+        if row["faster"]:
+            self.best = label
+        del row["faster"]
+        log.info("latency %s: %.1f images/s (%s)", label, row["images_per_s"],
+                 f"{row.get('speedup_vs_paired', 1):.3f}x {row['paired_with']}" if "paired_with" in row else "first")
+        return row
+
+    def _measure(self, label: str, path: Path) -> dict:
         t0 = time.perf_counter()
         call, ref = self._call(label, path), self.best
         p50: dict[str, list[float]] = {label: [], **({ref: []} if ref else {})}
@@ -70,19 +89,15 @@ class Bench:
             spread = float(np.std(ratio, ddof=1) / np.sqrt(len(ratio))) if len(ratio) > 1 else 0.0
             row.update(paired_with=ref, speedup_vs_paired=round(float(np.median(ratio)), 3),
                        speed_noise=round(max(MIN_NOISE, 2 * spread), 3))
-            # the paired estimate: the reference's speed over all its rounds times the paired ratio
+            # the paired estimate: the reference's own figure times the ratio measured beside it
             row["images_per_s"] = round(self.ips[ref] * row["speedup_vs_paired"], 2)
             faster = row["speedup_vs_paired"] > 1 + row["speed_noise"]
         else:
             rel = float(np.std(mine, ddof=1) / np.median(mine)) if len(mine) > 1 else 0.0
             row["speed_noise"] = round(max(MIN_NOISE, rel), 3)
             faster = True
-        self.ips[label] = row["images_per_s"]
-        if faster:
-            self.best = label
+        row["faster"] = faster
         self.seconds += time.perf_counter() - t0
-        log.info("latency %s: %.1f images/s (%s)", label, row["images_per_s"],
-                 f"{row.get('speedup_vs_paired', 1):.3f}x {ref}" if ref else "first")
         return row
 
 
