@@ -71,7 +71,7 @@ def test_timed_sections_of_two_processes_never_overlap(tmp_path):
     import subprocess
     import sys
 
-    code = ("import time, sys\nfrom yolo_compile.timing import exclusive\n"
+    code = ("import time, sys\nfrom yolo_compile.runtimes.timing import exclusive\n"
             "with exclusive('t') as s:\n    a = time.time(); time.sleep(1.0); b = time.time()\n"
             "print(a, b, s.waited_s)")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
