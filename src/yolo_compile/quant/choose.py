@@ -60,16 +60,24 @@ def why_lost(rows: list[dict], best: dict, accept: float) -> None:
                             f"the same drop ({r['drop_points']:.3f} points) and a lower speed"))
 
 
-def explain(best: dict, runner: dict | None, fp32: dict, accept: float, scored: int, total: int) -> str:
-    """Return why the latency objective chose best, with the runner-up's drop and speed."""
+def tally(rows: list[dict]) -> str:
+    """Return what the search did with its candidates: scored, timed only, timed through a proxy, not tried."""
+    n = {"scored on the full split": sum("drop_points" in r for r in rows),
+         "timed, not scored (not faster beyond noise)": sum("drop_points" not in r and "images_per_s" in r
+                                                            and "proxy_of" not in r for r in rows),
+         "timed through a speed proxy, not built": sum("proxy_of" in r for r in rows),
+         "not tried": sum("not_tried" in r for r in rows)}
+    return ", ".join(f"{v} {k}" for k, v in n.items() if v)
+
+
+def explain(best: dict, runner: dict | None, fp32: dict, accept: float, done: str) -> str:
+    """Return why the latency objective chose best, with the runner-up's drop and speed; done: `tally`'s words."""
     text = (f"fastest candidate within accept_drop={accept:g} points: {label(best)}, {_speed(best)}, drop "
             f"{best['drop_points']:.3f}")
     if runner is not None:
         text += (f"; runner-up {label(runner)}: {_speed(runner)}, drop {runner['drop_points']:.3f} "
                  f"({runner.get('lost', '')})")
-    text += (f"; {scored} of {total} candidates scored on the full split"
-             + (" (the rest were slower beyond noise: they could not win)" if scored < total else ""))
-    return text + "; " + int8_verdict(best, fp32)["says"]
+    return text + f"; candidates: {done}; " + int8_verdict(best, fp32)["says"]
 
 
 def int8_verdict(best: dict, fp32: dict) -> dict:

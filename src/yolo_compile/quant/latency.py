@@ -19,7 +19,7 @@ from yolo_compile.runtimes.timing import exclusive, time_adaptive
 
 log = logging.getLogger(__name__)
 ROUNDS = 4  # interleaved rounds per candidate (ABBA order)
-ROUND_SECONDS = 0.2  # cap of one adaptive timing of one model in one round
+ROUND_SECONDS = 0.15  # cap of one adaptive timing of one model in one round
 MIN_NOISE = 0.03  # relative speed difference below which two candidates are a tie
 RETIME_NOISE = 0.10  # a candidate timed noisier than this is timed once more
 

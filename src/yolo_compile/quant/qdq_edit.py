@@ -71,3 +71,28 @@ def int8_convs(src: Path, dst: Path, convs: dict[str, tuple[float, float]]) -> l
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return done
+
+
+def asymmetric_proxy(src: Path, dst: Path) -> int:
+    """Write dst: src with every activation zero point of 0 moved to 1 (uint8) or -1 (int8); return how many.
+
+    The file computes nearly the same function and, for a CPU runtime, runs the asymmetric-activation kernels: a
+    speed proxy of the mixed preset built from the performance preset, timed but never scored nor shipped.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) == 3]
+    q_out = {n.output[0] for n in qs}
+    acts = {n.input[2] for n in qs} | {n.input[2] for n in model.graph.node
+                                       if n.op_type == "DequantizeLinear" and len(n.input) == 3 and n.input[0] in q_out}
+    changed = 0
+    for init in model.graph.initializer:
+        if init.name in acts:
+            zp = numpy_helper.to_array(init)
+            if zp.ndim == 0 and int(zp) == 0 and zp.dtype in (np.int8, np.uint8):
+                init.CopyFrom(numpy_helper.from_array(np.array(-1 if zp.dtype == np.int8 else 1, zp.dtype), init.name))
+                changed += 1
+    onnx.save(model, str(dst))
+    return changed

@@ -13,8 +13,12 @@ def test_fastest_within_the_bar_wins_and_a_speed_tie_goes_to_the_smaller_drop():
     assert best is tie and runner is fast  # 98.5 vs 100 is within 3% noise: the smaller drop wins
     choose.why_lost([over, fast, tie, slow], best, 0.3)
     assert "accept_drop=0.3" in over["lost"] and "as fast within noise" in fast["lost"] and "slower" in slow["lost"]
-    why = choose.explain(best, runner, {"images_per_s": 99.0, "speed_noise": 0.03}, 0.3, 4, 4)
-    assert "runner-up q fast: 100.0 images/s, drop 0.250" in why and "INT8 buys no speed" in why
+    rows = [over, fast, tie, slow, {"quantizer": "nncf", "calibration": "speed proxy", "images_per_s": 50.0,
+                                    "proxy_of": "nncf mixed preset"}, {"quantizer": "m", "calibration": "x", "not_tried": "."}]
+    done = choose.tally(rows)
+    assert done == ("4 scored on the full split, 1 timed through a speed proxy, not built, 1 not tried")
+    why = choose.explain(best, runner, {"images_per_s": 99.0, "speed_noise": 0.03}, 0.3, done)
+    assert "runner-up q fast: 100.0 images/s, drop 0.250" in why and "INT8 buys no speed" in why and done in why
 
 
 def test_nothing_within_the_bar_leaves_the_choice_to_accuracy_and_fp32_is_a_point():

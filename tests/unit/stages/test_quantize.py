@@ -113,35 +113,37 @@ def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_se
     assert res.size_ratio <= 0.35
 
 
-def test_latency_objective_times_every_candidate_and_takes_the_fastest_within_the_bar(run_copy, image_sets):
-    """objective=latency (the default): FP32 and every candidate timed on OpenVINO; the winner is the fastest within
-    accept_drop (ties in speed: the smaller drop); every other candidate says why it lost; FP32 is on the front."""
+def test_latency_objective_takes_the_fastest_within_the_bar_and_says_why_each_other_lost(run_copy, image_sets):
+    """objective=latency (the default): NNCF's performance preset first, timed on OpenVINO beside FP32; its INT8-stem
+    variant timed and scored only if faster; the mixed preset timed through a speed proxy and built only if that ties;
+    the winner is the fastest scored within accept_drop (ties: the smaller drop); FP32 is on the front."""
     from yolo_compile.quant.latency import tied
 
     res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
     assert res.objective == "latency" and res.chosen["backend"] == "openvino"
-    labels = {r["calibration"] for r in res.candidates}
-    assert {"nncf mixed preset, fast bias correction", "nncf performance preset, fast bias correction",
-            "nncf mixed preset, fast bias correction, INT8 stem",
-            "nncf mixed preset, fast bias correction, INT8 stem and out_convs"} <= labels
-    assert all(r["images_per_s"] > 0 and r["speed_noise"] >= 0.03 for r in res.candidates)
-    assert all(r.get("paired_with") for r in res.candidates)  # each timed beside the fastest model timed before it
+    rows = {r["calibration"]: r for r in res.candidates}
+    perf = rows["nncf performance preset, fast bias correction"]
+    stem = rows["nncf performance preset, fast bias correction, INT8 stem"]
+    assert perf["drop_points"] <= 50 and perf["images_per_s"] > 0 and perf["paired_with"]  # timed beside FP32 or faster
+    assert stem["images_per_s"] > 0 and ("drop_points" in stem or stem["lost"].startswith("not scored"))
+    proxy = rows.get("speed proxy of nncf mixed preset")
+    mixed = rows.get("nncf mixed preset, fast bias correction")
+    assert (proxy and proxy["lost"].startswith("not built")) or (mixed and "drop_points" in mixed)
+    assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
+                                                                              "percentile-99.999"}
+    scored = [r for r in res.candidates if "drop_points" in r]
+    fastest = max(scored, key=lambda r: r["images_per_s"])
     chosen = res.chosen
-    within = [r for r in res.candidates if r.get("drop_points", 99) <= 50]
-    fastest = max(within, key=lambda r: r["images_per_s"])
-    assert tied(chosen, fastest) and chosen["drop_points"] == min(r["drop_points"] for r in within if tied(r, fastest))
-    assert "fastest candidate within accept_drop=50" in chosen["why"] and "runner-up" in chosen["why"]
-    runner = [r for r in res.candidates if chosen["runner_up"].startswith(r["calibration"])
-              or chosen["runner_up"].startswith(f"{r['quantizer']} {r['calibration']}")]
-    assert runner and "drop_points" in runner[0] and "images/s" in chosen["runner_up"]  # both its numbers
-    assert all(r.get("lost") for r in res.candidates if r["calibration"] != chosen["calibration"])
+    assert tied(chosen, fastest) and chosen["drop_points"] == min(r["drop_points"] for r in scored if tied(r, fastest))
+    assert "fastest candidate within accept_drop=50" in chosen["why"] and "scored on the full split" in chosen["why"]
+    assert "images/s" in chosen["runner_up"] and "drop" in chosen["runner_up"]  # both its numbers
+    assert all(r.get("lost") or r.get("not_tried") for r in res.candidates if r["calibration"] != chosen["calibration"])
     assert chosen["fp32_images_per_s"] > 0 and "FP32" in chosen["says"] and isinstance(chosen["int8_buys_speed"], bool)
     points = {p["candidate"]: p for p in res.pareto}
-    assert points["fp32"]["drop_points"] == 0 and len(points) == len(res.candidates) + 1
-    assert sum(p["chosen"] for p in res.pareto) == 1
-    # a chosen variant that made the stem or the output convs INT8 passes the recipe check: they are INT8 on purpose
-    stem_int8 = "/model.0/conv/Conv" in res.quantized_nodes
-    assert stem_int8 == ("stem" in chosen.get("int8_groups", []))
+    assert points["fp32"]["drop_points"] == 0 and sum(p["chosen"] for p in res.pareto) == 1
+    assert not any("proxy" in p for p in points)  # a proxy is timed, never a point one could ship
+    # a chosen variant that made the stem INT8 passes the recipe check: it is INT8 on purpose
+    assert ("/model.0/conv/Conv" in res.quantized_nodes) == ("stem" in chosen.get("int8_groups", []))
     assert not any("/dfl/" in n for n in res.quantized_nodes)
 
 
