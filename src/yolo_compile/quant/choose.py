@@ -97,6 +97,6 @@ def pareto(rows: list[dict], fp32: dict, best: dict | None) -> list[dict]:
     for r in rows:
         if "images_per_s" in r:
             pts.append({"candidate": label(r), "drop_points": r.get("drop_points"), "images_per_s": r["images_per_s"],
-                        "speed_noise": r.get("speed_noise", 0), "drop_noise": r.get("drop_noise", 0.0),
+                        "speed_noise": r.get("speed_noise", 0), "drop_noise": r.get("drop_noise"),
                         "chosen": r is best, "why": "chosen" if r is best else r.get("lost", "")})
     return pts

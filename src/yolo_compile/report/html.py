@@ -31,7 +31,7 @@ border:2px solid #bbb;border-radius:8px;padding:10px 14px}.card-pass{border-colo
 height:11px;margin:0 4px 0 12px;vertical-align:-1px}details>summary{cursor:pointer;color:#1f5fa8}
 .nb{border:1px solid #ddd;border-radius:6px;padding:4px 12px;margin:10px 0}.nb .prompt{display:none}
 .nb .output_stderr{background:#fff4f4}.nb .output_area pre{background:none}.nb .input_area{background:#f7f7f7}
-.nb details.nb-in{margin:4px 0}.nb .output_subarea{overflow-x:auto}svg text{font-family:system-ui,sans-serif}"""
+.nb details.nb-in{margin:4px 0}.nb .output_subarea{overflow-x:auto}svg text{font-family:system-ui,sans-serif}tr.chosen td{background:#eef7ee;font-weight:600}"""
 
 
 
@@ -306,9 +306,9 @@ def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     stage_rows = [{"stage": s, "status": v.get("status"), "seconds": v.get("seconds"), "notebook": v.get("notebook"),
                    "reason / error": v.get("error") or v.get("reason") or ""} for s, v in (m.get("stages") or {}).items()]
     from .baseline_card import baseline_card  # the "vs baseline" card (ci.baseline's result in the manifest)
-
+    from .tables import decision_html  # the quantize front and F1 at the working threshold, as tables
     body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", baseline_card(m), summary_card(f),
-            figures_html(run_dir, results), "<h2>Stages</h2>", rows_table(stage_rows)]
+            figures_html(run_dir, results), decision_html(results), "<h2>Stages</h2>", rows_table(stage_rows)]
     for stage in STAGES:
         res = results[stage]
         if res:

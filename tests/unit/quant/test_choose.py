@@ -44,3 +44,25 @@ def test_the_report_draws_the_front_and_lists_it_as_a_table(tmp_path):
     assert "not scored" in svg and svg.count("<circle") == 2 and svg.count("<rect") == 1
     table = html.stage_html(tmp_path, "", {"status": "passed", "pareto": pts})
     assert "The front: mAP drop vs images/s" in table and "nncf mixed" in table and "images_per_s" in table
+
+
+def test_the_report_lists_the_front_and_f1_at_the_threshold_as_tables():
+    from yolo_compile.report.tables import decision_html
+
+    best = {**row("nncf performance", 0.15, 70), "drop_noise": 0.09}
+    slow = {**row("nncf performance, INT8 stem", None, 69), "lost": "not scored: not faster beyond noise"}
+    del slow["drop_points"]
+    quant = {"objective": "latency", "pareto": choose.pareto([best, slow], {"images_per_s": 29.0}, best),
+             "chosen": {"accept_drop": 0.3, "latency": "OpenVINO on this CPU, batch 1", "says": "INT8 is 2.41x FP32"}}
+    cls = {"class": 0, "targets": 10, "precision_fp32": 1.0, "precision_quantized": 0.9, "recall_fp32": 1.0,
+           "recall_quantized": 0.8, "f1_fp32": 1.0, "f1_quantized": 0.847, "detections_fp32": 10, "detections_quantized": 9,
+           "f1_drop_points": 15.3}
+    at = {"conf": 0.25, "iou": 0.5, "fp32": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "detections": 10, "targets": 10},
+          "quantized": {"precision": 0.9, "recall": 0.8, "f1": 0.847, "detections": 9, "targets": 10},
+          "f1_drop_points": 15.3, "per_class": [cls], "f1_drop_max": 5.0, "passed": False}
+    page = decision_html({"quantize": quant, "compare": {"accuracy": {"at_threshold": at}},
+                          "export": {"class_names": {"0": "short"}}})
+    assert page.count("<tr class=chosen>") == 1 and "q nncf performance" in page and "not scored" in page
+    assert "<td>fp32</td><td>0</td>" in page and "INT8 is 2.41x FP32" in page
+    assert "<td>short</td><td>10</td>" in page and "gated: f1_drop_max 5.0" in page and "FAILED" in page
+    assert decision_html({"quantize": {}, "compare": {}, "export": {}}) == ""
