@@ -14,7 +14,7 @@ WORKFLOW = "stages: [export, calibrate, quantize, compare, build]\nparams: {reci
 TIME_KEYS = ("seconds", "cache_reused")
 # The quantize stage's latency measurements (a candidate's speed, FP32's, the verdict, the front): clock readings too.
 SPEED_KEYS = ("images_per_s", "p50_ms", "speed_noise", "speedup_vs_paired", "paired_with", "timing_rounds", "timed_twice",
-              "fp32_images_per_s", "speedup_vs_fp32", "int8_buys_speed", "says", "pareto", "latency")
+              "fp32_images_per_s", "speedup_vs_fp32", "int8_buys_speed", "says", "pareto", "latency", "timing_load")
 
 
 def workflow_file(folder: Path) -> Path:

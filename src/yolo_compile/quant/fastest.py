@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 
 from yolo_compile.quant import choose, explain
-from yolo_compile.quant.latency import tied
+from yolo_compile.quant.latency import load_summary, tied
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,10 @@ def _finish(search, rows: list[dict], best: dict, runner: dict | None, why: str)
     noise = (search.scorer.noise(best["file"], runner["file"]) if runner and "file" in runner and "drop_points" in runner
              else best["drop_noise"])
     verdict = choose.int8_verdict(best, search.fp32)
+    load = load_summary(search.bench)
+    if load["under_load"]:  # pairing cancels a load that slows both alike; a noisier timing widens the ties
+        why += (f"; timed while other processes used {load['others_cores']:.2f} cores: speed noise widened, ties went "
+                "to the smaller drop")
     search.rows = [explain.public(r) for r in sorted(rows, key=lambda r: -r.get("images_per_s", 0))]
     search.chosen = {**explain.public(best), "objective": "latency", "score": search.scorer.kind,
                      "images": search.scorer.where, "backend": search.scorer.backend,
@@ -131,7 +135,7 @@ def _finish(search, rows: list[dict], best: dict, runner: dict | None, why: str)
                                    f"{runner['images_per_s']:.1f} images/s)" if runner else ""),
                      "latency": search.timing_why, "fp32_images_per_s": search.fp32["images_per_s"],
                      "timing_s": round(search.bench.seconds, 1), "timing_waited_s": round(search.bench.waited_s, 1),
-                     **verdict, "why": why}
+                     "timing_load": load, **verdict, "why": why}
     if search.search_summary:
         search.chosen["search"] = search.search_summary
     search.pareto = choose.pareto([r for r in rows if "proxy_of" not in r], search.fp32, best)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo_compile.runtimes.registry import available, open_runner
-from yolo_compile.runtimes.timing import exclusive, time_adaptive
+from yolo_compile.runtimes.timing import LoadWatch, exclusive, time_adaptive
 
 log = logging.getLogger(__name__)
 ROUNDS = 4  # interleaved rounds per candidate (ABBA order)
@@ -44,6 +44,7 @@ class Bench:
         self.ips: dict[str, float] = {}
         self.best: str | None = None
         self.seconds = self.waited_s = 0.0
+        self.others_core_s = self.watched_s = 0.0  # others' CPU use while timing: cores x seconds, and seconds
 
     def _call(self, label: str, path: Path):
         if label not in self.calls:
@@ -73,7 +74,7 @@ class Bench:
         t0 = time.perf_counter()
         call, ref = self._call(label, path), self.best
         p50: dict[str, list[float]] = {label: [], **({ref: []} if ref else {})}
-        with exclusive(f"quantize latency {label}") as slot:
+        with exclusive(f"quantize latency {label}") as slot, LoadWatch() as watch:
             for i in range(self.rounds):
                 order = [label, ref] if ref else [label]
                 for lab in (order if i % 2 == 0 else order[::-1]):
@@ -81,6 +82,10 @@ class Bench:
                                       max_seconds=self.round_seconds)
                     p50[lab].append(float(np.median(t.samples)))
         self.waited_s += slot.waited_s
+        seen = watch.summary()
+        if seen.get("watched"):
+            self.others_core_s += seen["others_cores"] * seen["seconds"]
+            self.watched_s += seen["seconds"]
         mine = np.asarray(p50[label])
         row = {"images_per_s": round(1.0 / float(np.median(mine)), 2), "p50_ms": round(float(np.median(mine)) * 1e3, 3),
                "timing_rounds": self.rounds}
@@ -105,3 +110,11 @@ def tied(a: dict, b: dict) -> bool:
     """Return True when two timed rows are within noise of each other in speed."""
     noise = max(a.get("speed_noise", MIN_NOISE), b.get("speed_noise", MIN_NOISE), MIN_NOISE)
     return abs(a["images_per_s"] / b["images_per_s"] - 1.0) <= noise
+
+
+def load_summary(bench: Bench) -> dict:
+    """Return {others_cores, under_load} over every timed section of a bench (others' average CPU use, in cores)."""
+    if not bench.watched_s:
+        return {"watched": False, "under_load": False}
+    others = bench.others_core_s / bench.watched_s
+    return {"watched": True, "others_cores": round(others, 2), "under_load": others > LoadWatch.UNDER_LOAD_CORES}

@@ -139,6 +139,7 @@ def test_latency_objective_takes_the_fastest_within_the_bar_and_says_why_each_ot
     assert "images/s" in chosen["runner_up"] and "drop" in chosen["runner_up"]  # both its numbers
     assert all(r.get("lost") or r.get("not_tried") for r in res.candidates if r["calibration"] != chosen["calibration"])
     assert chosen["fp32_images_per_s"] > 0 and "FP32" in chosen["says"] and isinstance(chosen["int8_buys_speed"], bool)
+    assert chosen["timing_load"]["watched"] and chosen["timing_load"]["others_cores"] >= 0  # others' use, recorded
     points = {p["candidate"]: p for p in res.pareto}
     assert points["fp32"]["drop_points"] == 0 and sum(p["chosen"] for p in res.pareto) == 1
     assert not any("proxy" in p for p in points)  # a proxy is timed, never a point one could ship
