@@ -94,7 +94,7 @@ class Builders:
             stats = scales.collect(self.src, [src[n].input[0] for n in heads], self.data, desc="output conv inputs")
             convs.update({n: (SILU_MIN, stats.amax[src[n].input[0]]) for n in heads})
         name = "-".join((Path(base["file"]).stem, *int8)) + ".onnx"
-        int8_convs(self.work / base["file"], self.work / name, convs)
+        int8_convs(self.work / base["file"], self.work / name, convs, seven_bit=tuple(self.groups.get("stem", ())))
         return [{"quantizer": "nncf", "calibration": f"{base['calibration']}, INT8 {' and '.join(int8)}",
                  "file": name, "int8_groups": list(int8), "build_s": round(time.perf_counter() - t, 1)}]
 

@@ -138,6 +138,14 @@ def _finish(search, rows: list[dict], best: dict, runner: dict | None, why: str)
                      "timing_load": load, **verdict, "why": why}
     if search.search_summary:
         search.chosen["search"] = search.search_summary
+    if "performance preset" in best["calibration"]:
+        from yolo_compile.runs import int8_isa
+
+        search.chosen["portability"] = (
+            f"symmetric INT8 activations, chosen on a CPU with {int8_isa()}: a CPU without VNNI (AVX2) shifts them into "
+            "the full u8 range and saturates (vpmaddubsw); measured on the reference detector such a CPU loses "
+            "more (README, 'The latency objective'). Compile on the target CPU, or set objective=accuracy for the "
+            "mixed preset, which holds on both")
     search.pareto = choose.pareto([r for r in rows if "proxy_of" not in r], search.fp32, best)
     log.info("quantize (latency): %s", why)
     return best

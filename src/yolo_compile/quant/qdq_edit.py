@@ -22,10 +22,13 @@ def uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), int(np.clip(round(-lo / scale), 0, 255))
 
 
-def int8_convs(src: Path, dst: Path, convs: dict[str, tuple[float, float]]) -> list[str]:
+def int8_convs(src: Path, dst: Path, convs: dict[str, tuple[float, float]], seven_bit: tuple[str, ...] = ()) -> list[str]:
     """Write dst: src with each named conv's input activation (range lo..hi) and weight quantized; return those done.
 
-    A conv whose input already comes from a DequantizeLinear keeps that one (only its weight is added).
+    A conv whose input already comes from a DequantizeLinear keeps that one (only its weight is added). The convs
+    in seven_bit (those reading the image: its u8 values span the whole range) get weights in [-64, 64], the
+    first-layer overflow fix `weights.overflow_fix` applies to ModelOpt files: CPUs without VNNI sum u8 x s8
+    pairs into 16 bits (`vpmaddubsw`) and saturate with full 8-bit weights.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -53,8 +56,9 @@ def int8_convs(src: Path, dst: Path, convs: dict[str, tuple[float, float]]) -> l
         w = conv.input[1]
         if w in init:
             arr = numpy_helper.to_array(init[w]).astype(np.float32)
-            ws = np.maximum(np.abs(arr).reshape(arr.shape[0], -1).max(1), 1e-12) / 127.0
-            wq = np.clip(np.round(arr / ws.reshape(-1, *[1] * (arr.ndim - 1))), -127, 127).astype(np.int8)
+            top = 64 if name in seven_bit else 127
+            ws = np.maximum(np.abs(arr).reshape(arr.shape[0], -1).max(1), 1e-12) / top
+            wq = np.clip(np.round(arr / ws.reshape(-1, *[1] * (arr.ndim - 1))), -top, top).astype(np.int8)
             qn, sn, zn, out = f"{name}/w_int8", f"{name}/w_scale", f"{name}/w_zp", f"{name}/w_dq"
             g.initializer.extend([numpy_helper.from_array(wq, qn), numpy_helper.from_array(ws.astype(np.float32), sn),
                                   numpy_helper.from_array(np.zeros(arr.shape[0], np.int8), zn)])

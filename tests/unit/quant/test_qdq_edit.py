@@ -15,8 +15,14 @@ def test_stem_and_output_convs_become_int8_and_the_model_still_agrees(quantized_
     src = quantized_run / res["onnx"]
     head = qgraph.find_head(__import__("onnx").load(str(quantized_run / "export" / "model.onnx")).graph, 22)
     convs = {"/model.0/conv/Conv": (0.0, 1.0), **{n: (SILU_MIN, 4.0) for n in head.output_convs}}
-    done = int8_convs(src, tmp_path / "edit.onnx", convs)
+    done = int8_convs(src, tmp_path / "edit.onnx", convs, seven_bit=("/model.0/conv/Conv",))
     assert set(done) == set(convs)
+    import onnx
+    from onnx import numpy_helper
+
+    w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "edit.onnx")).graph.initializer}
+    assert np.abs(w["/model.0/conv/Conv/w_int8"]).max() == 64  # the image-reading conv: 7-bit weights (AVX2 overflow)
+    assert max(np.abs(w[f"{n}/w_int8"]).max() for n in head.output_convs) == 127
     _, quantized = qgraph.inspect_qdq(tmp_path / "edit.onnx")
     assert set(convs) <= set(quantized) and not set(quantized) & set(head.dfl + head.decode)
     assert uint8_qparams(0.0, 1.0) == (1 / 255, 0)  # pixels k/255 sit exactly on the grid
