@@ -40,11 +40,10 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     """Run the same stages in this process: no kernels, no notebooks."""
     os.environ["YOLO_COMPILE_CACHE"] = str(cache)
     sys.path.insert(0, str(REPO / "src"))
-    import importlib
-
-    from yolo_compile import cli, runs
-    from yolo_compile.config import build
-    from yolo_compile.pipeline.workflow import config_class, load_workflow, resolve_params, stage_params
+    from yolo_compile import runs
+    from yolo_compile.config import build, parse_set
+    from yolo_compile.pipeline import registry
+    from yolo_compile.pipeline.workflow import load_workflow, resolve_params
 
     ns = argparse.Namespace(set=[], model=None, calib=None, eval=None)
     it = iter(args)
@@ -53,12 +52,11 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
             ns.set.append(next(it))
         elif a in ("--model", "--calib", "--eval"):
             setattr(ns, a[2:], next(it))
-    overrides = cli._parse_set(ns.set)
+    overrides = parse_set(ns.set)
     overrides.update({k: v for k, v in (("model", ns.model), ("calib_dir", ns.calib), ("eval_dir", ns.eval)) if v})
     wf = load_workflow(workflow)
     params = resolve_params(wf, overrides)
     run_dir = runs.new_run_dir(artifacts, {"direct": True})
-    from yolo_compile.runtimes import registry as backends
     from yolo_compile.runtimes import openvino
 
     openvino.use_openvino_cache(runs.cache_root(run_dir) / "openvino")  # as notebook.setup does in each kernel
@@ -66,8 +64,8 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     t0 = time.perf_counter()
     for stage in wf["stages"]:
         t = time.perf_counter()
-        mod = importlib.import_module(f"yolo_compile.{stage}")
-        res = mod.run(build(config_class(stage), stage_params(stage, params)), run_dir)
+        res = registry.get(stage).module.run(build(registry.config_class(stage), registry.stage_params(stage, params)),
+                                             run_dir)
         times[stage] = round(time.perf_counter() - t, 2)
         if getattr(res, "status", "") == "failed":
             break

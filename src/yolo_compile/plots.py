@@ -157,6 +157,57 @@ def line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
             f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
 
 
+def pareto_chart(points: list[dict], bar: float | None, title: str, width: int = 560, height: int = 300) -> str:
+    """Return an SVG of mAP drop (y) vs images/s (x): one dot per candidate with its noise bars, the chosen one
+    ringed, FP32 a square, the accept_drop bar a dashed line ('' without timed points)."""
+    pts = [p for p in points if p.get("images_per_s")]
+    if not pts:
+        return ""
+    left, right, top, bottom = 56, 20, 26, 40
+    pw, ph = width - left - right, height - top - bottom
+    xs = [p["images_per_s"] * (1 + s * p.get("speed_noise", 0)) for p in pts for s in (-1, 1)]
+    ys = [(p.get("drop_points") or 0) + s * (p.get("drop_noise") or 0) for p in pts if p.get("drop_points") is not None
+          for s in (-1, 1)] + ([bar] if bar else []) + [0.0]
+    x_lo, x_hi = min(xs) * 0.97, max(xs) * 1.03
+    y_lo, y_hi = min(ys), max(ys)
+    y_lo, y_hi = y_lo - 0.05 * ((y_hi - y_lo) or 1), y_hi + 0.1 * ((y_hi - y_lo) or 1)
+    px = lambda x: left + (x - x_lo) / ((x_hi - x_lo) or 1) * pw  # noqa: E731
+    py = lambda y: top + ph - (y - y_lo) / ((y_hi - y_lo) or 1) * ph  # noqa: E731
+    parts = [f'<text x="0" y="14" font-size="13" font-weight="600">{_esc(title)}</text>',
+             f'<path d="M{left} {top} V{top + ph} H{left + pw}" fill="none" stroke="#444"/>',
+             f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="11">images/s (batch 1)</text>',
+             f'<text x="12" y="{top + ph / 2}" font-size="11" transform="rotate(-90 12 {top + ph / 2})" '
+             f'text-anchor="middle">mAP50-95 drop (points)</text>']
+    for v in (x_lo, (x_lo + x_hi) / 2, x_hi):
+        parts.append(f'<text x="{px(v):.1f}" y="{top + ph + 14}" text-anchor="middle" font-size="10">{_fmt(v)}</text>')
+    for v in (y_lo, (y_lo + y_hi) / 2, y_hi):
+        parts.append(f'<text x="{left - 4}" y="{py(v) + 3:.1f}" text-anchor="end" font-size="10">{_fmt(v)}</text>')
+    if bar:
+        parts.append(f'<path d="M{left} {py(bar):.1f} H{left + pw}" stroke="#b00020" stroke-dasharray="5 4"/>'
+                     f'<text x="{left + pw - 2}" y="{py(bar) - 3:.1f}" text-anchor="end" font-size="10" fill="#b00020">'
+                     f'accept_drop {_fmt(bar)}</text>')
+    for p in pts:
+        if p.get("drop_points") is None:  # timed, never scored (slower than the winner): on the x axis only
+            x = px(p["images_per_s"])
+            parts.append(f'<path d="M{x:.1f} {top + ph - 4} V{top + ph + 4}" stroke="#7f7f7f" stroke-width="2">'
+                         f'<title>{_esc(p["candidate"])}: {_fmt(p["images_per_s"])} images/s, not scored</title></path>')
+            continue
+        x, y = px(p["images_per_s"]), py(p["drop_points"])
+        dx = px(p["images_per_s"] * (1 + p.get("speed_noise", 0))) - x
+        dy = py(p["drop_points"] - (p.get("drop_noise") or 0)) - y
+        colour = "#2e7d32" if p.get("chosen") else "#1f5fa8" if p["candidate"] != "fp32" else "#444"
+        tip = (f'{_esc(p["candidate"])}: drop {_fmt(p["drop_points"])} &#177; {_fmt(p.get("drop_noise") or 0)}, '
+               f'{_fmt(p["images_per_s"])} images/s &#177; {p.get("speed_noise", 0):.0%}; {_esc(p.get("why", ""))}')
+        parts.append(f'<path d="M{x - dx:.1f} {y:.1f} H{x + dx:.1f} M{x:.1f} {y - dy:.1f} V{y + dy:.1f}" stroke="{colour}"/>')
+        shape = (f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="{colour}">' if p["candidate"] == "fp32"
+                 else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{6 if p.get("chosen") else 3.5}" fill="{colour}">')
+        parts.append(shape + f'<title>{tip}</title>{"</rect>" if p["candidate"] == "fp32" else "</circle>"}')
+        if p.get("chosen") or p["candidate"] == "fp32":
+            parts.append(f'<text x="{x + 8:.1f}" y="{y - 6:.1f}" font-size="10">{"chosen" if p.get("chosen") else "FP32"}</text>')
+    return (f'<svg class="chart" role="img" aria-label="{_esc(title)}" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
 def grouped_bars(ax, rows: list[dict], series: str, group: str, value: str, group_label: str, ylabel: str) -> None:
     """Draw one bar series per distinct rows[series], grouped by rows[group], heights rows[value]."""
     names = list(dict.fromkeys(r[series] for r in rows))

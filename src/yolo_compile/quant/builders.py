@@ -37,9 +37,10 @@ class Builders:
     """Builds candidate files in a work folder from one FP32 model and one calibration array."""
 
     def __init__(self, run_dir: Path, exp: dict, src: Path, work: Path, data: np.ndarray, exclude: list[str],
-                 kept: list[str], hp_dtype: str):
+                 kept: list[str], hp_dtype: str, groups: dict[str, tuple[str, ...]] | None = None):
         self.run_dir, self.exp, self.src, self.work, self.data = run_dir, exp, src, work, data
         self.exclude, self.kept, self.hp_dtype = exclude, kept, hp_dtype
+        self.groups = groups or {}  # float groups a variant may turn INT8: stem, out_convs (node names)
         self._template: Template | None = None
 
     def template(self) -> Template:
@@ -69,15 +70,46 @@ class Builders:
         return [{"quantizer": "modelopt", "calibration": method, "file": name,
                  "build_s": round(time.perf_counter() - t, 1), **tpl.timing}]
 
-    def nncf(self) -> list[dict]:
-        """The NNCF candidate (mixed preset, fast bias correction)."""
+    def nncf(self, preset: str = "mixed") -> list[dict]:
+        """One NNCF candidate: a preset (mixed: the peer's; performance: symmetric activations), fast bias correction."""
         from yolo_compile.quant.nncf import nncf_quantize
 
         t = time.perf_counter()
-        name = "nncf-mixed.onnx"
-        nncf_quantize(self.src, self.work / name, self.data, self.exp["input_name"], self.kept)
-        return [{"quantizer": "nncf", "calibration": "nncf mixed preset, fast bias correction", "file": name,
+        name = f"nncf-{preset}.onnx"
+        nncf_quantize(self.src, self.work / name, self.data, self.exp["input_name"], self.kept, preset)
+        return [{"quantizer": "nncf", "calibration": f"nncf {preset} preset, fast bias correction", "file": name,
                  "build_s": round(time.perf_counter() - t, 1)}]
+
+    def nncf_int8(self, base: dict, int8: tuple[str, ...]) -> list[dict]:
+        """An NNCF candidate with float groups (stem, out_convs) made INT8 by a graph edit (`qdq_edit`): no NNCF run."""
+        import onnx
+
+        from yolo_compile.quant.qdq_edit import SILU_MIN, int8_convs
+
+        t = time.perf_counter()
+        src = {n.name: n for n in onnx.load(str(self.src), load_external_data=False).graph.node}
+        convs: dict[str, tuple[float, float]] = {n: (0.0, 1.0) for n in self.groups.get("stem", ()) if "stem" in int8}
+        heads = [n for n in self.groups.get("out_convs", ()) if "out_convs" in int8]
+        if heads:  # their inputs are SiLU outputs: the max from one statistics pass, the min is SiLU's own
+            stats = scales.collect(self.src, [src[n].input[0] for n in heads], self.data, desc="output conv inputs")
+            convs.update({n: (SILU_MIN, stats.amax[src[n].input[0]]) for n in heads})
+        name = "-".join((Path(base["file"]).stem, *int8)) + ".onnx"
+        int8_convs(self.work / base["file"], self.work / name, convs, seven_bit=tuple(self.groups.get("stem", ())))
+        return [{"quantizer": "nncf", "calibration": f"{base['calibration']}, INT8 {' and '.join(int8)}",
+                 "file": name, "int8_groups": list(int8), "build_s": round(time.perf_counter() - t, 1)}]
+
+    def speed_proxy(self, base: dict, of: str) -> dict:
+        """A file with base's Q/DQ placement and asymmetric activations: what `of` (the mixed preset) runs like.
+
+        The mixed and performance presets place the same quantizers and differ in the activations' zero points
+        (asymmetric vs 0); a CPU runtime's speed depends on that kind, not on the ranges, so the proxy is timed in
+        place of an NNCF run it would take to build the mixed model itself (~12 s here).
+        """
+        from yolo_compile.quant.qdq_edit import asymmetric_proxy
+
+        name = f"proxy-{Path(base['file']).stem}.onnx"
+        asymmetric_proxy(self.work / base["final"], self.work / name)
+        return {"quantizer": "nncf", "calibration": f"speed proxy of {of}", "file": name, "final": name, "proxy_of": of}
 
     def finalize(self, row: dict) -> dict:
         """Write the candidate as it would ship (INT8 weights behind DequantizeLinear, the FP32 model's metadata)."""
@@ -101,6 +133,11 @@ def plan(cfg, target: str, builders: Builders) -> list[tuple[str, Callable[[], l
     if target == "cpu" and nncf_wanted:
         if importlib.util.find_spec("nncf") is not None:
             # First on a CPU target: the peer's quantizer, asymmetric activations the CPU runtimes run natively.
+            if cfg.objective == "latency" and cfg.accept_drop > 0:
+                # Fastest expected first: symmetric activations (one INT8 kernel path on x86); the mixed preset, the
+                # peer's, is built only where its speed, timed through a proxy, ties (quant.fastest).
+                steps.append(("nncf performance preset", lambda: builders.nncf("performance")))
+            # The peer's quantizer: asymmetric activations, the smallest drop on the reference scenes.
             steps.append(("nncf mixed preset", builders.nncf))
         elif cfg.quantizer == "nncf":
             raise QuantizeError("quantizer=nncf: the Python package 'nncf' is not installed "

@@ -26,21 +26,27 @@ class Search:
     """Candidates for one quantize run; `run()` returns the winning row, `rows` and `chosen` what the result shows."""
 
     def __init__(self, cfg, run_dir: Path, exp: dict, src: Path, work: Path, data: np.ndarray, exclude: list[str],
-                 kept: list[str], hp_dtype: str, target: str):
+                 kept: list[str], hp_dtype: str, target: str, groups: dict | None = None):
         self.cfg, self.run_dir, self.exp, self.src, self.work, self.data = cfg, run_dir, exp, src, work, data
         self.target = target
-        self.builders = Builders(run_dir, exp, src, work, data, exclude, kept, hp_dtype)
+        self.builders = Builders(run_dir, exp, src, work, data, exclude, kept, hp_dtype, groups)
         self.rows: list[dict] = []
         self.chosen: dict = {}
+        self.pareto: list[dict] = []
+        self.bench = self.fp32 = None
+        self.runtime, self.timing_why = None, ""
         self.scorer = None
         self.search_summary: dict = {}
         self.scored, self.planned = 0, None  # progress: candidates scored, and how many are planned
 
     def score(self, row: dict) -> dict:
-        """Finalize a candidate and score it; the row gains drop_points and score_s."""
+        """Finalize a candidate (where not yet), time it, score it; the row gains drop_points, score_s, images_per_s."""
         t = time.perf_counter()
-        self.builders.finalize(row)
+        if "final" not in row:
+            self.builders.finalize(row)
+        self.time(row)
         row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"])
+        row["drop_noise"] = self.scorer.noise(row["file"], "fp32", rounds=20)
         row["score_s"] = round(time.perf_counter() - t, 1)
         log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
         from ..progress import step  # console progress (a bar on a terminal, a line a step in CI logs)
@@ -100,6 +106,21 @@ class Search:
                  summary["best"], out.best_drop)
         return new
 
+    def time(self, row: dict) -> None:
+        """Time a finalized candidate (once) on the runtime that ships, paired with the fastest so far."""
+        if self.bench is not None and "images_per_s" not in row:
+            row.update(self.bench.measure(row["file"], self.work / row["final"]))
+
+    def start_timing(self) -> None:
+        """Open the bench on the runtime that ships (none for TensorRT) and time FP32 first: a point on the front."""
+        from yolo_compile import images
+        from yolo_compile.quant.latency import Bench, shipping_runtime
+
+        self.runtime, self.timing_why = shipping_runtime(self.target)
+        if self.runtime is not None:
+            self.bench = Bench(self.runtime, images.to_float(np.asarray(self.data[:1])))
+            self.fp32 = {"quantizer": "fp32", "calibration": "the float model", **self.bench.measure("fp32", self.src)}
+
     def run(self) -> dict:
         """Build and score the candidates in order; return the winning row (its files are in the work folder).
 
@@ -118,6 +139,11 @@ class Search:
             return rows[0]
         self.scorer = make_scorer(self.cfg, self.run_dir, self.exp, self.src, self.data, self.target)
         self.planned = len(steps) + (self.cfg.search_budget if self.cfg.accept_drop == 0 else 0)
+        self.start_timing()
+        if self.cfg.objective == "latency" and self.cfg.accept_drop > 0 and self.bench is not None:
+            from yolo_compile.quant.fastest import run_latency
+
+            return run_latency(self, steps)
         rows, accepted, untried = [], None, []
         for label, build in steps:
             if accepted is not None:
@@ -139,4 +165,12 @@ class Search:
         noise = self.scorer.noise(best["file"], second["file"]) if second else self.scorer.noise(best["file"], "fp32")
         self.rows, self.chosen = explain.choice(self.cfg, rows, best, second, accepted, untried, noise, self.scorer,
                                                 self.search_summary)
+        self.chosen.update(objective="accuracy", latency=self.timing_why if self.bench is None else
+                           f"timed on {self.runtime}, not used by the choice (objective={self.cfg.objective}, "
+                           f"accept_drop={self.cfg.accept_drop:g})")
+        if self.fp32 is not None:
+            from yolo_compile.quant import choose
+
+            self.chosen.update({k: v for k, v in choose.int8_verdict(best, self.fp32).items()} if "images_per_s" in best else {})
+            self.pareto = choose.pareto(rows, self.fp32, best)
         return best

@@ -66,8 +66,9 @@ def inspect_qdq(onnx_path: Path) -> tuple[Counter, list[str]]:
 
 
 def check_recipe(recipe: str, ops: Counter, quantized: list[str], head: HeadNodes, path: Path,
-                 stem: tuple[str, ...] = ()) -> None:
-    """Raise QuantizeError when the quantized graph does not match its recipe."""
+                 stem: tuple[str, ...] = (), allowed: set[str] | frozenset = frozenset()) -> None:
+    """Raise QuantizeError when the quantized graph does not match its recipe (allowed: nodes a chosen variant made
+    INT8 on purpose, e.g. the head's output convs; never the DFL or the decode)."""
     if recipe == "float":
         if ops.get("QuantizeLinear"):
             raise QuantizeError(f"{path}: the float recipe produced {ops['QuantizeLinear']} QuantizeLinear nodes")
@@ -75,7 +76,7 @@ def check_recipe(recipe: str, ops: Counter, quantized: list[str], head: HeadNode
     if not ops.get("QuantizeLinear") or not ops.get("DequantizeLinear"):
         raise QuantizeError(f"{path}: ModelOpt inserted no Q/DQ nodes; nothing was quantized to INT8")
     if recipe == "mixed":
-        leaked = sorted(set(quantized) & set(head.kept_float + stem))
+        leaked = sorted(set(quantized) & (set(head.kept_float + stem) - (set(allowed) - set(head.dfl + head.decode))))
         if leaked:
             raise QuantizeError(f"{path}: head or stem nodes were quantized despite the mixed recipe: {', '.join(leaked[:5])}")
 

@@ -17,10 +17,15 @@ import numpy as np
 from yolo_compile import images
 
 log = logging.getLogger(__name__)
+# mixed: symmetric weights, asymmetric activations (the peer's); performance: symmetric both (one INT8 kernel path)
+PRESETS = {"mixed": lambda nncf: nncf.QuantizationPreset.MIXED,
+           "performance": lambda nncf: nncf.QuantizationPreset.PERFORMANCE}
 
 
-def nncf_quantize(src: Path, dst: Path, data: np.ndarray, input_name: str, keep_float: list[str]) -> dict:
-    """Quantize src into dst with NNCF (MIXED preset, fast bias correction); keep_float names and Sigmoids stay float.
+def nncf_quantize(src: Path, dst: Path, data: np.ndarray, input_name: str, keep_float: list[str],
+                  preset: str = "mixed") -> dict:
+    """Quantize src into dst with NNCF (a preset: mixed or performance; fast bias correction); keep_float names and
+    Sigmoids stay float.
 
     Ultralytics ignores every Sigmoid (the SiLU gates and the class scores) and the head; so do we, with
     the head's nodes given by name. Returns what ran.
@@ -31,8 +36,8 @@ def nncf_quantize(src: Path, dst: Path, data: np.ndarray, input_name: str, keep_
     model = onnx.load(str(src))
     dataset = nncf.Dataset(range(len(data)), lambda i: {input_name: images.to_float(data[i:i + 1])})
     scope = nncf.IgnoredScope(names=list(keep_float), types=["Sigmoid"], validate=False)
-    q = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True,
+    q = nncf.quantize(model, dataset, preset=PRESETS[preset](nncf), fast_bias_correction=True,
                       subset_size=len(data), ignored_scope=scope)
     onnx.save(q, str(dst))
-    return {"quantizer": "nncf", "version": nncf.__version__, "preset": "mixed", "fast_bias_correction": True,
+    return {"quantizer": "nncf", "version": nncf.__version__, "preset": preset, "fast_bias_correction": True,
             "images": int(len(data)), "ignored": len(keep_float)}

@@ -31,7 +31,7 @@ border:2px solid #bbb;border-radius:8px;padding:10px 14px}.card-pass{border-colo
 height:11px;margin:0 4px 0 12px;vertical-align:-1px}details>summary{cursor:pointer;color:#1f5fa8}
 .nb{border:1px solid #ddd;border-radius:6px;padding:4px 12px;margin:10px 0}.nb .prompt{display:none}
 .nb .output_stderr{background:#fff4f4}.nb .output_area pre{background:none}.nb .input_area{background:#f7f7f7}
-.nb details.nb-in{margin:4px 0}.nb .output_subarea{overflow-x:auto}svg text{font-family:system-ui,sans-serif}"""
+.nb details.nb-in{margin:4px 0}.nb .output_subarea{overflow-x:auto}svg text{font-family:system-ui,sans-serif}tr.chosen td{background:#eef7ee;font-weight:600}"""
 
 
 
@@ -251,6 +251,8 @@ def figures_html(run_dir: Path, results: dict[str, dict]) -> str:
         figs.append(plots.bar_chart(labels, {k: [_num((rows[c] or {}).get(k)) for c in labels] for k in ("recall", "precision")},
                                     f"Detection agreement with FP32 (conf {agree.get('conf')}, IoU {agree.get('iou')})",
                                     vmax=1.0))
+    if q.get("pareto"):  # the quantize stage's front, the bar its accept_drop
+        figs.append(plots.pareto_chart(q["pareto"], _num(q["chosen"].get("accept_drop")), "Candidates: mAP drop vs speed"))
     series: dict[str, list] = {}
     for r in tp.get("rows") or []:
         if isinstance(r, dict) and _num(r.get("batch")) and _num(r.get("p50_ms")):
@@ -285,7 +287,8 @@ def stage_html(run_dir: Path, stage: str, res: dict) -> str:
             continue
         title = {"sensitivity": "Layer sensitivity", "recipes": "Recipes side by side",
                  "agreement": "Detection agreement after NMS", "accuracy": "Task accuracy (mAP)",
-                 "stats": "Tensor errors, FP32 vs quantized (Polygraphy)"}.get(k, k.replace("_", " "))
+                 "stats": "Tensor errors, FP32 vs quantized (Polygraphy)",
+                 "pareto": "The front: mAP drop vs images/s per candidate (FP32 included)"}.get(k, k.replace("_", " "))
         parts.append(f"<h3>{html.escape(title)}</h3>{_value(v)}")
     if stage:  # in a notebook (stage ''), the plots show through the report's figures instead
         return "".join(parts)
@@ -303,9 +306,9 @@ def write_report(run_dir: str | Path, status: str | None = None) -> Path:
     stage_rows = [{"stage": s, "status": v.get("status"), "seconds": v.get("seconds"), "notebook": v.get("notebook"),
                    "reason / error": v.get("error") or v.get("reason") or ""} for s, v in (m.get("stages") or {}).items()]
     from .baseline_card import baseline_card  # the "vs baseline" card (ci.baseline's result in the manifest)
-
+    from .tables import decision_html  # the quantize front and F1 at the working threshold, as tables
     body = [f"<h1>yolo-compile report <span class='muted'>{html.escape(run_dir.name)}</span></h1>", baseline_card(m), summary_card(f),
-            figures_html(run_dir, results), "<h2>Stages</h2>", rows_table(stage_rows)]
+            figures_html(run_dir, results), decision_html(results), "<h2>Stages</h2>", rows_table(stage_rows)]
     for stage in STAGES:
         res = results[stage]
         if res:

@@ -30,6 +30,7 @@ class CompareConfig:
     data: str = path_field("")  # labeled split (Ultralytics data.yaml) for mAP; empty skips task accuracy
     map_images: int = 0  # how many labeled images to evaluate; 0 means all
     map_drop_max: float = 1.0  # gate: largest allowed mAP50-95 drop, in points (0.01 mAP)
+    f1_drop_max: float = 0.0  # gate (optional): largest allowed F1 drop at conf (IoU 0.5), in points; 0: reported, not gated
     reference_map: float = 0.0  # gate: mAP50-95 (0..1) the drop is measured from; 0: this model's FP32 (a QAT checkpoint: the original's, as qat prints)
     study: str = "auto"  # auto: recipes, sensitivity and recipe search only when the gate fails | full: always | off
     recipes: bool = True  # deprecated: recipes and sensitivity both false mean study off
@@ -44,6 +45,8 @@ class CompareConfig:
         check_positive("box_atol", self.box_atol)
         check_positive("score_atol", self.score_atol)
         check_positive("map_drop_max", self.map_drop_max)
+        if self.f1_drop_max < 0:
+            raise ConfigError(f"parameter 'f1_drop_max' = {self.f1_drop_max}: give points >= 0 (0 reports F1 without gating it)")
         if not 0.0 <= self.reference_map <= 1.0:
             raise ConfigError(f"parameter 'reference_map' = {self.reference_map}: give a mAP50-95 between 0 and 1 "
                               "(the original model's, for a QAT checkpoint), or 0 to judge against this model's FP32")
@@ -110,6 +113,19 @@ class RuntimeCheck:
     passed: bool
 
 
+def at_threshold(study, run_dir: Path, quant: dict, backend: str, cfg: CompareConfig) -> dict:
+    """Return precision, recall, F1 and detections above conf, FP32 vs quantized, per class (evaluate.threshold)."""
+    from yolo_compile.evaluate import accuracy as acc
+    from yolo_compile.evaluate import threshold
+
+    got = {}
+    for label, path in (("fp32", study.fp32), ("quantized", Path(run_dir) / quant["onnx"])):
+        dets = acc.predict_cached(path, study.val, study.val_key, runs.cache_root(run_dir), backend=backend,
+                                  desc=f"F1 {label} ({backend})")  # the gate's own detections, from the cache
+        got[label] = threshold.at_threshold(dets, study.split, study.size, study.names, cfg.conf)
+    return threshold.compare(got["fp32"], got["quantized"], cfg.conf, 0.5, cfg.f1_drop_max)
+
+
 def runtime_checks(shipping: str, tensors_passed: bool, by_backend: dict, map_passed: list[str]) -> dict[str, list[RuntimeCheck]]:
     """Return the checks each runtime went through: the tensor comparison on the shipping runtime, the mAP gate on each
     runtime it evaluated. A runtime is verified when all of its checks passed (and, with a labeled split, the gate ran)."""
@@ -171,6 +187,13 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
                            f"({(accuracy['reference'] or accuracy['fp32'])['map50_95']:.4f}"
                            f"{' (reference_map)' if accuracy['reference'] else ''} -> {accuracy['quantized']['map50_95']:.4f}) "
                            f"on {accuracy['backend']} > map_drop_max {cfg.map_drop_max}")
+        if accuracy:
+            accuracy["at_threshold"] = at_threshold(study, run_dir, quant, accuracy["backend"], cfg)
+            if not accuracy["at_threshold"]["passed"]:
+                t = accuracy["at_threshold"]
+                reasons.append(f"F1 at conf {cfg.conf} dropped {t['f1_drop_points']:.2f} points ({t['fp32']['f1']:.4f} -> "
+                               f"{t['quantized']['f1']:.4f}; detections above conf {t['fp32']['detections']} -> "
+                               f"{t['quantized']['detections']}) > f1_drop_max {cfg.f1_drop_max}")
         deep = cfg.study == "full" or (cfg.study == "auto" and bool(reasons))
         recipes, sens, sweep = study.run(deep)
         # A runtime is verified when every check that ran on it passed: the build ships only a verified one.
@@ -184,7 +207,7 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
     result = CompareResult(
         status="passed" if not reasons else "failed", passed=not reasons, reasons=reasons, images=len(feeds),
         stats=stats, thresholds={"box_atol": cfg.box_atol, "score_atol": cfg.score_atol, "conf": cfg.conf,
-                                 "map_drop_max": cfg.map_drop_max},
+                                 "map_drop_max": cfg.map_drop_max, "f1_drop_max": cfg.f1_drop_max},
         polygraphy={"runners": [r.name for r in runners], "standard_compare_passed": bool(standard),
                     "quantized_on": shipping},
         agreement=agree, accuracy=accuracy, recipes=recipes, sensitivity=sens, calib_sweep=sweep, skipped=study.skipped,

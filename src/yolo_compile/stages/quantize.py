@@ -24,6 +24,7 @@ STAGE = "quantize"
 RECIPES = ("mixed", "int8", "float")
 CALIBRATION_METHODS = ("auto", "entropy", "max", "percentile")  # the calibration_method parameter (scales.METHODS: the scales)
 QUANTIZERS = ("auto", "modelopt", "nncf")
+OBJECTIVES = ("latency", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class QuantizeConfig:
     data: str = path_field("")  # labeled split (Ultralytics data.yaml) scoring the candidates by mAP drop; empty: label-free
     eval_dir: str = path_field("")  # held-out images for the label-free score when data is empty
     score_images: int = 0  # how many labeled (or held-out) images score a candidate; 0 means all
-    accept_drop: float = 0.3  # auto: stop at the first candidate within this mAP50-95 drop (points); 0 scores all
+    accept_drop: float = 0.3  # the bar (mAP50-95 drop, points): latency takes the fastest within it, accuracy the first; 0 scores all, smallest drop wins
+    objective: str = "latency"  # latency: fastest candidate within accept_drop (timed on the runtime that ships) | accuracy: first within it
     search_budget: int = 10  # auto, none within accept_drop: most recipes (float groups x per-group calibration) the search scores
     search_floats: int = 2  # most layer groups the recipe search keeps float beyond the head and stem (each costs speed)
 
@@ -44,6 +46,7 @@ class QuantizeConfig:
         check_choice("recipe", self.recipe, RECIPES)
         check_choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
         check_choice("quantizer", self.quantizer, QUANTIZERS)
+        check_choice("objective", self.objective, OBJECTIVES)
         if self.search_budget < 0 or self.search_floats < 0:
             raise QuantizeError(f"parameters 'search_budget' = {self.search_budget}, 'search_floats' = {self.search_floats}: "
                                 "give counts >= 0 (search_budget=0 turns the recipe search off)")
@@ -95,6 +98,8 @@ class QuantizeResult:
     chosen: dict = field(default_factory=dict)  # the winner, the score it won on, the noise, and why
     weights_int8: int = 0  # weight initializers stored as INT8 (DequantizeLinear only)
     size_ratio: float = 0.0  # onnx_bytes / fp32_bytes
+    objective: str = "accuracy"  # the rule that chose (latency falls back to accuracy where nothing can be timed)
+    pareto: list = field(default_factory=list)  # drop vs images/s: FP32 and every timed candidate, with noise, chosen, why
     seconds: float = 0.0
 
 
@@ -116,7 +121,7 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
     # head (1.29 -> 0.47 when kept float), the second most sensitive group after the DFL; it is 1 conv of 64.
     stem = find_stem(graph, exp["input_name"]) if cfg.recipe == "mixed" else ()
     out = runs.stage_dir(run_dir, STAGE) / "model.quant.onnx"
-    n_images, candidates, chosen, quantizer, method, w8 = 0, [], {}, "none", "none", 0
+    n_images, candidates, chosen, quantizer, method, w8, pareto, allowed = 0, [], {}, "none", "none", 0, [], set()
     with runs.Timer() as t, tempfile.TemporaryDirectory(prefix="yolo-quantize-") as tmpdir, fileio.atomic_path(out) as tmp:
         work = Path(tmpdir)
         src = work / "model.onnx"
@@ -131,20 +136,24 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
             exclude = [re.escape(n) + "$" for n in kept] + cfg.extra_exclude()
             from yolo_compile.quant.candidates import Search
 
-            search = Search(cfg, run_dir, exp, src, work, data, exclude, list(kept), hp_dtype, target)
+            groups = {"stem": stem, "out_convs": head.output_convs if cfg.recipe == "mixed" else ()}
+            search = Search(cfg, run_dir, exp, src, work, data, exclude, list(kept), hp_dtype, target, groups)
             best = search.run()
             candidates, chosen = search.rows, search.chosen
             quantizer, method = best["quantizer"], best["calibration"]
             shutil.copyfile(work / best["final"], tmp)  # the very bytes that were scored
             w8 = best["weights_int8"]
+            allowed = {n for g in best.get("int8_groups", ()) for n in groups.get(g, ())}  # INT8 by the chosen variant
+            pareto = search.pareto
         ops, quantized = inspect_qdq(tmp)
-        check_recipe(cfg.recipe, ops, quantized, head, out, stem)
+        check_recipe(cfg.recipe, ops, quantized, head, out, tuple(n for n in stem if n not in allowed), allowed)
     result = QuantizeResult(
         status="passed", onnx=f"{STAGE}/{out.name}", onnx_sha256=fileio.sha256(out), onnx_bytes=out.stat().st_size,
         fp32_bytes=fp32.stat().st_size, target=target, recipe=cfg.recipe, calibration_method=method,
         high_precision_dtype=hp_dtype, calibration_images=n_images, op_counts=dict(ops.most_common()),
         quantized_nodes=quantized, head_nodes=list(head.kept_float) if cfg.recipe == "mixed" else [], stem_nodes=list(stem),
-        quantizer=quantizer, candidates=candidates, chosen=chosen, weights_int8=w8,
+        quantizer=quantizer, candidates=candidates, chosen=chosen, weights_int8=w8, pareto=pareto,
+        objective=chosen.get("objective", "accuracy"),
         size_ratio=round(out.stat().st_size / fp32.stat().st_size, 4), seconds=round(t.seconds, 2),
     )
     runs.write_result(run_dir, STAGE, result)

@@ -159,6 +159,13 @@ def test_map_gate_on_the_reference_detector_fails_when_the_drop_exceeds_it(refer
     res = compare.run(compare.CompareConfig(**cfg, map_drop_max=50.0), run_dir)
     acc = res.accuracy
     assert acc["fp32"]["map50_95"] > 0.8 and acc["drop_points"] > 0.5  # a quantized head costs real accuracy
+    t = acc["at_threshold"]  # F1 at the working threshold, FP32 vs quantized, per class
+    assert t["conf"] == 0.25 and t["fp32"]["f1"] > 0.5 and t["fp32"]["targets"] == t["quantized"]["targets"] > 0
+    assert {r["class"] for r in t["per_class"]} <= {"good", "insufficient", "bridge", "offset", "particle"}
+    assert sum(r["detections_quantized"] for r in t["per_class"]) == t["quantized"]["detections"] and t["passed"]
+    if t["f1_drop_points"] > 0.02:  # the optional gate fails a model whose F1 at conf fell further than allowed
+        with pytest.raises(CompareError, match=r"F1 at conf 0.25 dropped .* > f1_drop_max"):
+            compare.run(compare.CompareConfig(**cfg, map_drop_max=50.0, f1_drop_max=t["f1_drop_points"] / 2), run_dir)
     assert set(acc["fp32"]["per_class"]) <= {"good", "insufficient", "bridge", "offset", "particle"}
     with pytest.raises(CompareError, match=r"mAP50-95 dropped .* > map_drop_max 0.1"):
         compare.run(compare.CompareConfig(**cfg, map_drop_max=0.1), run_dir)

@@ -102,7 +102,8 @@ def test_auto_measures_every_candidate_and_stores_int8_weights(run_copy, image_s
 
 def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_sets):
     """A generous accept_drop takes the first candidate (NNCF on a CPU target) and lists the rest as not tried."""
-    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50,
+                                               objective="accuracy"), run_copy)
     scored = [r for r in res.candidates if "drop_points" in r]
     assert [r["quantizer"] for r in scored] == ["nncf"] and res.quantizer == "nncf"
     assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
@@ -110,3 +111,46 @@ def test_auto_stops_at_the_first_candidate_within_accept_drop(run_copy, image_se
     assert "first candidate within accept_drop=50" in res.chosen["why"] and res.chosen["noise_points"] >= 0
     # the shipped file is the very file that was scored: its detections are in the cache under its content hash
     assert res.size_ratio <= 0.35
+
+
+def test_latency_objective_takes_the_fastest_within_the_bar_and_says_why_each_other_lost(run_copy, image_sets):
+    """objective=latency (the default): NNCF's performance preset first, timed on OpenVINO beside FP32; its INT8-stem
+    variant timed and scored only if faster; the mixed preset timed through a speed proxy and built only if that ties;
+    the winner is the fastest scored within accept_drop (ties: the smaller drop); FP32 is on the front."""
+    from yolo_compile.quant.latency import tied
+
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50), run_copy)
+    assert res.objective == "latency" and res.chosen["backend"] == "openvino"
+    rows = {r["calibration"]: r for r in res.candidates}
+    perf = rows["nncf performance preset, fast bias correction"]
+    stem = rows["nncf performance preset, fast bias correction, INT8 stem"]
+    assert perf["drop_points"] <= 50 and perf["images_per_s"] > 0 and perf["paired_with"]  # timed beside FP32 or faster
+    assert stem["images_per_s"] > 0 and ("drop_points" in stem or stem["lost"].startswith("not scored"))
+    proxy = rows.get("speed proxy of nncf mixed preset")
+    mixed = rows.get("nncf mixed preset, fast bias correction")
+    assert (proxy and proxy["lost"].startswith("not built")) or (mixed and "drop_points" in mixed)
+    assert {r["calibration"] for r in res.candidates if "not_tried" in r} == {"max", "entropy", "percentile-99.99",
+                                                                              "percentile-99.999"}
+    scored = [r for r in res.candidates if "drop_points" in r]
+    fastest = max(scored, key=lambda r: r["images_per_s"])
+    chosen = res.chosen
+    assert tied(chosen, fastest) and chosen["drop_points"] == min(r["drop_points"] for r in scored if tied(r, fastest))
+    assert "fastest candidate within accept_drop=50" in chosen["why"] and "scored on the full split" in chosen["why"]
+    assert "images/s" in chosen["runner_up"] and "drop" in chosen["runner_up"]  # both its numbers
+    assert all(r.get("lost") or r.get("not_tried") for r in res.candidates if r["calibration"] != chosen["calibration"])
+    assert chosen["fp32_images_per_s"] > 0 and "FP32" in chosen["says"] and isinstance(chosen["int8_buys_speed"], bool)
+    assert chosen["timing_load"]["watched"] and chosen["timing_load"]["others_cores"] >= 0  # others' use, recorded
+    points = {p["candidate"]: p for p in res.pareto}
+    assert points["fp32"]["drop_points"] == 0 and sum(p["chosen"] for p in res.pareto) == 1
+    assert not any("proxy" in p for p in points)  # a proxy is timed, never a point one could ship
+    # a chosen variant that made the stem INT8 passes the recipe check: it is INT8 on purpose
+    assert ("/model.0/conv/Conv" in res.quantized_nodes) == ("stem" in chosen.get("int8_groups", []))
+    assert not any("/dfl/" in n for n in res.quantized_nodes)
+
+
+def test_tensorrt_target_says_latency_was_not_measured(run_copy, image_sets):
+    res = quantize.run(quantize.QuantizeConfig(target="tensorrt", data=str(image_sets["data"]), accept_drop=50,
+                                               calibration_method="auto", quantizer="modelopt"), run_copy)
+    assert res.objective == "accuracy" and "latency not measured" in res.chosen["latency"]
+    assert "first candidate within accept_drop" in res.chosen["why"] and not res.pareto
+    assert not any("images_per_s" in r for r in res.candidates)
