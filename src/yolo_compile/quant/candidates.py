@@ -119,7 +119,8 @@ class Search:
         self.runtime, self.timing_why = shipping_runtime(self.target)
         if self.runtime is not None:
             self.bench = Bench(self.runtime, images.to_float(np.asarray(self.data[:1])))
-            self.fp32 = {"quantizer": "fp32", "calibration": "the float model", **self.bench.measure("fp32", self.src)}
+            self.fp32 = {"quantizer": "fp32", "calibration": "the float model", "file": "fp32",
+                         **self.bench.measure("fp32", self.src)}
 
     def run(self) -> dict:
         """Build and score the candidates in order; return the winning row (its files are in the work folder).

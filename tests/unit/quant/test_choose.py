@@ -66,3 +66,16 @@ def test_the_report_lists_the_front_and_f1_at_the_threshold_as_tables():
     assert "<td>fp32</td><td>0</td>" in page and "INT8 is 2.41x FP32" in page
     assert "<td>short</td><td>10</td>" in page and "gated: f1_drop_max 5.0" in page and "FAILED" in page
     assert decision_html({"quantize": {}, "compare": {}, "export": {}}) == ""
+
+
+def test_a_pair_timed_side_by_side_is_judged_by_its_own_ratio():
+    """The proxy timed beside the pace: 0.86x with noise 0.05 is slower, whatever noise the pace had against FP32."""
+    from yolo_compile.quant.latency import tied
+
+    pace = {**row("perf", 0.15, 70.0, noise=0.20), "file": "perf.onnx", "paired_with": "fp32", "speedup_vs_paired": 2.4}
+    proxy = {**row("proxy", None, 60.2, noise=0.05), "file": "proxy.onnx", "paired_with": "perf.onnx",
+             "speedup_vs_paired": 0.86}
+    assert not tied(proxy, pace) and not tied(pace, proxy)  # the pace's 0.20 against FP32 does not widen this pair
+    close = {**proxy, "speedup_vs_paired": 0.97, "images_per_s": 67.9}
+    assert tied(close, pace)
+    assert tied(row("x", 0.1, 100, noise=0.2), row("y", 0.1, 85, noise=0.03))  # no direct pair: the larger noise
