@@ -262,8 +262,90 @@ class Probe:
                          prof_n=6, decoder=d, images=s, batch=b, mode=mode, height=h, width=w,
                          bitstream_bytes=round(sum(len(f) for f in frames) / b))
 
+    def locality(self):
+        """Same engine, same call, only the output addresses differ; SM and copy-engine writes over the same
+        rotation; then whether NVJPG's extra bytes take link bandwidth from a copy running beside them."""
+        import collections
+        import threading
+
+        torch, gl = self.torch, self.gl
+        from gpu_input import frames_at
+
+        jp = frames_at(Path.cwd() / "data" / "aoi" / "val" / "images", 8, (1920, 1080), 80)
+        tv, hw = gl.TorchvisionNvjpeg(640), gl.NvImgCodec(640, "HW_GPU_ONLY")
+        meta = dict(height=1080, width=1920, images="1920x1080 q80", bitstream_bytes=len(jp[0]))
+        from torchvision.io import decode_jpeg
+
+        t0 = torch.frombuffer(bytearray(jp[0]), dtype=torch.uint8)
+        for keep in (0, 4, 32):
+            q = collections.deque(maxlen=keep or 1)
+
+            def tv1(i, q=q, keep=keep):
+                out = decode_jpeg([t0], device="cuda")
+                if keep:
+                    q.append(out)
+            self.measure("decode", f"torchvision nvJPEG b1, last {keep} outputs kept (new addresses)", tv1,
+                         decoder="tv", batch=1, mode=f"keep{keep}", **meta)
+        s = torch.cuda.current_stream().cuda_stream
+        prev = hw.decoder.decode([jp[0]], cuda_stream=s)
+        self.measure("decode", "nvImageCodec HW b1 into the same image (images=)",
+                     lambda i: hw.decoder.decode([jp[0]], images=prev, cuda_stream=s), decoder="HW", batch=1,
+                     mode="reuse", **meta)
+        for keep in (1, 32):
+            q = collections.deque(maxlen=keep)
+            self.measure("decode", f"nvImageCodec HW b1, new image each call, last {keep} kept",
+                         lambda i, q=q: q.append(hw.decoder.decode([jp[0]], cuda_stream=s)), decoder="HW", batch=1,
+                         mode=f"keep{keep}", **meta)
+        bufs = [torch.empty(1080 * 1920 * 3, dtype=torch.uint8, device="cuda") for _ in range(32)]
+        src = torch.empty_like(bufs[0])
+        self.measure("control", "SM fill of 6.2 MB, 32 buffers in turn", lambda i: bufs[i % 32].fill_(i % 7))
+        self.measure("control", "copy engine d2d 6.2 MB, 32 buffers in turn", lambda i: bufs[i % 32].copy_(src))
+        # link contention: a saturating pinned copy alone, then with NVJPG b32 decoding beside it (its own thread)
+        host = torch.empty(64 << 20, dtype=torch.uint8).pin_memory()
+        dev = torch.empty_like(host, device="cuda")
+        cs = torch.cuda.Stream()
+        b32 = [jp[j % 8] for j in range(32)]
+        for beside in ("nothing", "NVJPG b32 1080p", "nothing (again)"):
+            stop, done = threading.Event(), [0, 0.0, 0.0]
+
+            def bg():
+                st = torch.cuda.Stream()
+                done[1] = time.perf_counter()
+                while not stop.is_set():
+                    hw.decoder.decode(b32, cuda_stream=st.cuda_stream)
+                    done[0] += 32
+                st.synchronize()
+                done[2] = time.perf_counter()
+            th = threading.Thread(target=bg, daemon=True)
+            if beside.startswith("NVJPG"):
+                th.start()
+                time.sleep(0.3)
+            n = int(self.args.seconds * 50e9 / (64 << 20))
+
+            def loop():
+                for i in range(n):
+                    with torch.cuda.stream(cs):
+                        dev.copy_(host, non_blocking=True)
+                    if i % 8 == 7:
+                        cs.synchronize()
+                cs.synchronize()
+            r = self.block(loop, self.args.seconds)
+            stop.set()
+            if th.is_alive():
+                th.join()
+            rx = (r["rx_sampled"] - self.idle_rx * r["seconds"]) / self.factor
+            row = {"group": "contention", "case": f"h2d pinned 64 MiB copies beside {beside}", "seconds": r["seconds"],
+                   "copy_gb_s": round(n * (64 << 20) / r["seconds"] / 1e9, 2), "nvml_rx_gb_s": round(rx / r["seconds"] / 1e9, 2),
+                   "decoded_images_s": round(done[0] / (done[2] - done[1])) if done[0] else 0}
+            print(json.dumps(row), flush=True)
+            self.data["rows"].append(row)
+            self.save()
+
     def run(self):
         self.baseline()
+        if self.args.part == "locality":
+            self.locality()
+            return self.save()
         self.calls()
         self.decoders()
         r = self.block(lambda: time.sleep(1.0), 1.0)
@@ -342,6 +424,11 @@ def render(data: dict, old: str = "") -> str:
                       x["nvml_over_explained"], x["residual"], x["residual_per_pixel"], x["residual_over_bitstream"]])
     out += table(["case", "images/s", "JPEG bytes", "NVML RX", "h2d memcpy", "API calls/image", "calls x bytes",
                   "explained", "NVML / explained", "residual", "residual/pixel", "residual/JPEG"], drows)
+    c = [r for r in rows if r["group"] == "contention"]
+    if c:
+        out += ["", "## Link contention: a saturating pinned copy alone and beside NVJPG decoding", ""]
+        out += table(["block", "copy GB/s", "NVML RX GB/s (all traffic)", "images/s decoded beside"],
+                     [[r["case"], r["copy_gb_s"], r["nvml_rx_gb_s"], r["decoded_images_s"]] for r in c])
     keep = old.split("## Reading", 1)
     return "\n".join(out) + "\n" + ("\n## Reading" + keep[1] if len(keep) == 2 else "")
 
@@ -351,6 +438,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--seconds", type=float, default=0.8, help="a measured block's length")
     ap.add_argument("--budget", type=float, default=170, help="seconds after which blocks are skipped")
+    ap.add_argument("--part", default="all", choices=["all", "locality"], help="locality: the output-address test")
     ap.add_argument("--render", type=Path, help="pcie_why.json to render (no GPU)")
     ap.add_argument("--md", type=Path, help="markdown to write (with --render)")
     args = ap.parse_args()
