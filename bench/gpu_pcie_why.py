@@ -134,7 +134,7 @@ class Probe:
             row = {"group": group, "case": case, "steps": n, "ops_per_step": ops, "seconds": round(r["seconds"], 3),
                    "samples": r.get("samples"), "rx_per_op": round(rx / (n * ops), 1),
                    "tx_per_op": round(tx / (n * ops), 1), "ops_per_s": round(n * ops / r["seconds"]),
-                   "rx_mb_s": round(rx / r["seconds"] / 1e6, 2), **extra}
+                   "rx_mb_s": round(rx / r["seconds"] / 1e6, 3), **extra}
             if prof_n:
                 p = api_profile(step, prof_n)
                 for k in ("kinds", "gpu", "calls"):
@@ -155,7 +155,7 @@ class Probe:
         dev = torch.empty_like(host, device="cuda")
         m = self.measure("calibration", "h2d pinned 64 MiB (RX bytes over bytes copied)",
                          lambda i: dev.copy_(host, non_blocking=True), ops=float(64 << 20), prof_n=0)
-        self.factor = m["rx_per_op"]
+        self.factor = m["rx_mb_s"] * 1e6 / m["ops_per_s"]
         self.data.update(idle_rx_bytes_s=round(self.idle_rx), idle_tx_bytes_s=round(self.idle_tx), factor=self.factor)
         m["note"] = "sets the factor; later rows are divided by it"
         a = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
@@ -341,10 +341,69 @@ class Probe:
             self.data["rows"].append(row)
             self.save()
 
+    def overlap(self):
+        """NVJPG decodes (b1, raw calls) followed by SM kernels: on the decoder's output or on another buffer, with
+        or without a host sync between steps; then an NVJPG b32 loop on its own thread beside SM fills."""
+        import threading
+
+        torch, gl = self.torch, self.gl
+        from gpu_input import frames_at
+        from torchvision.io import decode_jpeg
+
+        jp = frames_at(Path.cwd() / "data" / "aoi" / "val" / "images", 8, (1920, 1080), 80)
+        hw = gl.NvImgCodec(640, "HW_GPU_ONLY").decoder
+        s = torch.cuda.current_stream().cuda_stream
+        other = torch.empty(1080 * 1920 * 3, dtype=torch.uint8, device="cuda")
+        t0 = torch.frombuffer(bytearray(jp[0]), dtype=torch.uint8)
+        meta = dict(height=1080, width=1920, images="1920x1080 q80", bitstream_bytes=len(jp[0]))
+        keep = {}
+
+        def hw1(i, read="none", sync=False):
+            imgs = hw.decode([jp[0]], cuda_stream=s)
+            keep[i % 2] = imgs
+            if read != "none":
+                t = torch.as_tensor(imgs[0], device="cuda")
+                if read == "stack":
+                    keep[2] = torch.stack([t])
+            if read == "fill":
+                other.fill_(i % 7)
+            if sync:
+                torch.cuda.synchronize()
+        for read, sync in (("none", False), ("as_tensor", False), ("stack", False), ("stack", True),
+                           ("fill", False), ("fill", True)):
+            self.measure("overlap", f"NVJPG b1 + {read}{', host sync each step' if sync else ''}",
+                         lambda i, r=read, y=sync: hw1(i, r, y), decoder="HW", batch=1, mode=f"{read}/{sync}", **meta)
+        for b in (1, 32):
+            ts = [t0] * b
+            for stack in (False, True):
+                self.measure("overlap", f"torchvision b{b}{' + stack' if stack else ' raw'}",
+                             lambda i, ts=ts, st=stack: keep.__setitem__(3, torch.stack(decode_jpeg(ts, device="cuda"))
+                                                                          if st else decode_jpeg(ts, device="cuda")),
+                             ops=float(b), decoder="tv", batch=b, mode=f"stack={stack}", **meta)
+        b32 = [jp[j % 8] for j in range(32)]
+        bufs = [torch.empty(1080 * 1920 * 3, dtype=torch.uint8, device="cuda") for _ in range(8)]
+        for beside in ("none", "NVJPG b32 loop"):
+            stop = threading.Event()
+
+            def bg():
+                st = torch.cuda.Stream()
+                while not stop.is_set():
+                    hw.decode(b32, cuda_stream=st.cuda_stream)
+            th = threading.Thread(target=bg, daemon=True)
+            if beside != "none":
+                th.start()
+                time.sleep(0.3)
+            self.measure("overlap", f"SM fill 6.2 MB x8 a step, beside {beside}",
+                         lambda i: [b.fill_(i % 7) for b in bufs], sync_every=16, prof_n=0)
+            self.measure("overlap", f"host sleep 1 ms a step, beside {beside}", lambda i: time.sleep(1e-3), prof_n=0)
+            stop.set()
+            if th.is_alive():
+                th.join()
+
     def run(self):
         self.baseline()
-        if self.args.part == "locality":
-            self.locality()
+        if self.args.part != "all":
+            getattr(self, self.args.part)()
             return self.save()
         self.calls()
         self.decoders()
@@ -438,7 +497,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--seconds", type=float, default=0.8, help="a measured block's length")
     ap.add_argument("--budget", type=float, default=170, help="seconds after which blocks are skipped")
-    ap.add_argument("--part", default="all", choices=["all", "locality"], help="locality: the output-address test")
+    ap.add_argument("--part", default="all", choices=["all", "locality", "overlap"], help="locality: the output-address test")
     ap.add_argument("--render", type=Path, help="pcie_why.json to render (no GPU)")
     ap.add_argument("--md", type=Path, help="markdown to write (with --render)")
     args = ap.parse_args()
@@ -451,7 +510,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     p = Probe(args)
     p.run()
-    (args.out / "gpu_pcie_why.md").write_text(render(p.data))
+    try:
+        (args.out / "gpu_pcie_why.md").write_text(render(p.data))
+    except Exception as e:
+        print("render:", type(e).__name__, e)
     return 0
 
 
