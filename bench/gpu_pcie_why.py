@@ -400,6 +400,46 @@ class Probe:
             if th.is_alive():
                 th.join()
 
+    def poll(self):
+        """Is the extra a GPU-side wait on the NVJPG engine's completion (polled over PCIe for as long as the engine
+        works)? NVJPG b1 followed by work that waits on it on the GPU, by k streams, or enqueued after a host sync."""
+        torch, gl = self.torch, self.gl
+        from gpu_input import frames_at
+
+        folder = Path.cwd() / "data" / "aoi" / "val" / "images"
+        hw = gl.NvImgCodec(640, "HW_GPU_ONLY").decoder
+        cur = torch.cuda.current_stream()
+        side = [torch.cuda.Stream() for _ in range(4)]
+        ev = torch.cuda.Event()
+        for name, wh in (("1920x1080 q80", (1920, 1080)), ("320x240 q80", (320, 240))):
+            jp = frames_at(folder, 2, wh, 80)
+            meta = dict(height=wh[1], width=wh[0], images=name, bitstream_bytes=len(jp[0]), decoder="HW", batch=1)
+            keep = {}
+
+            def step(i, mode, k=1, jp=jp):
+                keep[i % 2] = hw.decode([jp[0]], cuda_stream=cur.cuda_stream)
+                if mode == "host sync, then kernel":
+                    torch.cuda.synchronize()
+                    torch.cuda._sleep(0)
+                elif mode == "kernel on another stream, no wait":
+                    with torch.cuda.stream(side[0]):
+                        torch.cuda._sleep(0)
+                elif mode.startswith("k streams wait"):
+                    ev.record(cur)
+                    for st in side[:k]:
+                        st.wait_event(ev)
+                        with torch.cuda.stream(st):
+                            torch.cuda._sleep(0)
+                elif mode == "kernel after it, same stream":
+                    torch.cuda._sleep(0)
+            for mode, k in (("nothing after", 1), ("kernel after it, same stream", 1), ("host sync, then kernel", 1),
+                            ("kernel on another stream, no wait", 1), ("k streams wait on it, k=1", 1),
+                            ("k streams wait on it, k=4", 4)):
+                if name != "1920x1080 q80" and mode not in ("nothing after", "kernel after it, same stream"):
+                    continue
+                self.measure("poll", f"NVJPG b1 {name}: {mode}", lambda i, m=mode, k=k: step(i, m, k),
+                             mode=mode, **meta)
+
     def run(self):
         self.baseline()
         if self.args.part != "all":
@@ -497,7 +537,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--seconds", type=float, default=0.8, help="a measured block's length")
     ap.add_argument("--budget", type=float, default=170, help="seconds after which blocks are skipped")
-    ap.add_argument("--part", default="all", choices=["all", "locality", "overlap"], help="locality: the output-address test")
+    ap.add_argument("--part", default="all", choices=["all", "locality", "overlap", "poll"], help="locality: the output-address test")
     ap.add_argument("--render", type=Path, help="pcie_why.json to render (no GPU)")
     ap.add_argument("--md", type=Path, help="markdown to write (with --render)")
     args = ap.parse_args()
