@@ -944,7 +944,7 @@ WHY_JPEG_RX = (
     "coefficients, 2.07 MB a 960x720 frame; 0.6 MB a 1080p frame with Huffman on the GPU) account for NVML within "
     "0-6%. NVJPG (nvImageCodec HW and torchvision's nvJPEG, both on the hardware engines): NVML adds what the GPU reads "
     "from host memory while a stream waits on the device for an NVJPG job. Nothing when the host waits instead (one "
-    "1080p image, host sync: NVML 1.00-1.07x the JPEG bytes + CUDA calls), 0.37-0.54 bytes per decoded pixel for a "
+    "1080p image, host sync: NVML 1.00-1.12x the JPEG bytes + CUDA calls), 0.37-0.54 bytes per decoded pixel for a "
     "kernel queued behind the decode on its stream, 0.23 for one other stream waiting through an event, 0.58 for "
     "four; the same per pixel at 320x240 and 1080p and at JPEG quality 50-95 (the engine's time, not the JPEG's "
     "bytes), read requests on TX (10-14%) as for any read of host memory; a stream waiting on a compute kernel costs "
