@@ -237,7 +237,7 @@ def rescaled(data: dict) -> list[dict]:
 
 def per_call_bytes(rows: list[dict]) -> dict:
     """Bytes a call by kind from the 'call' rows (a stream wait: record + wait less record; a copy: over 4 KiB)."""
-    by = {r["case"]: r.get("rx_per_op") for r in rows}
+    by = {r["case"]: r.get("rx_per_op") for r in reversed(rows)}  # the first run's where several have them
     out = {k: by.get(c) for k, c in PER_CALL.items()}
     rw, rec, cp = by.get("event record + stream wait (event done)"), out["record"], out["memcpy"]
     return dict(out, wait=None if rw is None or rec is None else round(rw - rec, 1), memcpy=cp and round(cp - 4096, 1))
