@@ -258,7 +258,7 @@ def render(runs: list[tuple[str, dict]], old: str = "") -> str:
     out += [f"- {n}: {d['date']}, `{d['command']}`" for n, d in runs]
     out += ["", "Method: NVML receive bytes from 20 ms `nvmlDeviceGetPcieThroughput` samples (gpu_limit.Pcie), the "
             "idle rate (0.5-0.7 MB/s) subtracted, over the run's factor for large pinned host-to-device copies "
-            "(1.018-1.077). Per op: a call, a step, or an image (decoders). API calls by kind and host-to-device "
+            "(1.02-1.09). Per op: a call, a step, or an image (decoders). API calls by kind and host-to-device "
             "memcpy bytes: torch.profiler (CUPTI) over a few steps of the same work. explained = those memcpy bytes "
             "+ API calls x the bytes a call (" + ", ".join(f"{k} {v}" for k, v in pc.items()) + ")."]
     for name, rs in rows.items():
