@@ -938,6 +938,24 @@ MAIN_KEYS = ["frames", "batch", "path", "decode_only_fps", "decode_stream_fps", 
              "infer_idle_ms", "decode_stream_ms_alone", "decode_call_ms"]
 
 
+WHY_JPEG_RX = (
+    "Why NVML's receive bytes on the JPEG paths are not the bytes copied (bench/gpu_pcie_why.py, 2026-12-06, lent "
+    "H100, docs/bandwidth/gpu_pcie_why.md). nvImageCodec hybrid: the host-to-device memcpys CUPTI sees (16-bit DCT "
+    "coefficients, 2.07 MB a 960x720 frame; 0.6 MB a 1080p frame with Huffman on the GPU) account for NVML within "
+    "10%. NVJPG (nvImageCodec HW and torchvision's nvJPEG, both on the hardware engines): NVML adds what the GPU reads "
+    "from host memory while a stream waits on the device for an NVJPG job. Nothing when the host waits instead (one "
+    "1080p image, host sync: NVML 0.98-1.12x the JPEG bytes + CUDA calls), 0.10-0.54 bytes per decoded pixel for a "
+    "kernel queued behind the decode on its stream, 0.23-0.50 for one other stream waiting through an event, "
+    "0.52-0.58 for four (the same code differs from run to run); within a run the same per pixel at 320x240 and 1080p and at JPEG quality 50-95 (the engine's time, not the JPEG's "
+    "bytes), read requests on TX (10-15%) as for any read of host memory; a stream waiting 1 ms on a compute kernel "
+    "costs under 0.4 kB, device-only traffic nothing. nvJPEG's batched hardware decode waits on its engines from its own "
+    "streams (0.16-0.25 B/pixel with no work of ours after it); the pipeline's letterbox and inference streams wait "
+    "too: hence 9-21x the JPEG bytes on these paths. CUDA calls are no part of it (launch 1.7-1.8 kB, event record and "
+    "stream wait 0, memset 0.2 kB, graph replay 0.2-0.3 kB + 0.1 kB a node: 2-6 kB a frame). The bytes follow GPU-side "
+    "waits on the engines, not payload, so no per-byte correction can match them: the bench reports NVML beside "
+    "the counted bytes on JPEG paths."
+)
+
 WHY_CONNECTIONS = (
     "Why it matters (measured with bench/gpu_limit_diag.py, 2026-12-06, lent H100, 1080p batch 32; "
     "docs/bandwidth/gpu_limit-why.md): with the driver's default of 8 hardware work queues, decode and inference ran "
@@ -975,7 +993,7 @@ def render(data: dict) -> str:
             "decode_only_fps: the decoder alone; decode_stream_fps: the decode stream's whole work (decode + fused "
             "letterbox, or DALI's pipeline) alone; limit_fps: the slowest of decode stream, model and NMS alone; "
             "e2e: the 3-stream overlapped pipeline. PCIe: bytes a frame host -> device.", "",
-            table(data["rows"], MAIN_KEYS), ""]
+            table(data["rows"], MAIN_KEYS), "", WHY_JPEG_RX, ""]
     if data.get("stages"):
         out += ["Model and NMS alone (shared by every path at that resolution and batch):", "",
                 table(data["stages"], list(data["stages"][0])), ""]
