@@ -215,8 +215,12 @@ def test_binary_aoi_default_compile_passes_where_entropy_calibration_fails(tmp_p
     acc = json.loads((run_dir / "compare" / "result.json").read_text())["accuracy"]
     assert acc["fp32"]["map50_95"] >= 0.5 and acc["drop_points"] <= 0.3, acc
     assert quant["calibration_method"] != "entropy" and quant["chosen"]["drop_points"] <= 0.3, quant["chosen"]
-    nncf = [c for c in quant["candidates"] if c["quantizer"] == "nncf"]
-    assert nncf and nncf[0]["drop_points"] > 0.3, nncf  # tried first, measured worse: the search went on
+    # objective=latency (the default): NNCF's performance preset ships (measured: a gain of 1.16 points); the peer's
+    # mixed preset, where its speed proxy tied and it was built, loses several points on two-valued frames (5.75)
+    assert quant["chosen"]["calibration"].startswith("nncf performance preset"), quant["chosen"]
+    mixed = [c for c in quant["candidates"] if c["calibration"] == "nncf mixed preset, fast bias correction"]
+    assert not mixed or mixed[0]["drop_points"] > 0.3, mixed
+    assert any(c.get("proxy_of") == "nncf mixed preset" for c in quant["candidates"]) or mixed  # timed, one way or another
 
     bad_dir, bad = run_workflow("binary-aoi", {"target": "cpu", "quantizer": "modelopt", "calibration_method": "entropy",
                                                "study": "off"}, tmp_path / "runs")
