@@ -215,9 +215,14 @@ def test_binary_aoi_default_compile_passes_where_entropy_calibration_fails(tmp_p
     acc = json.loads((run_dir / "compare" / "result.json").read_text())["accuracy"]
     assert acc["fp32"]["map50_95"] >= 0.5 and acc["drop_points"] <= 0.3, acc
     assert quant["calibration_method"] != "entropy" and quant["chosen"]["drop_points"] <= 0.3, quant["chosen"]
-    # objective=latency (the default): NNCF's performance preset ships (measured: a gain of 1.16 points); the peer's
-    # mixed preset, where its speed proxy tied and it was built, loses several points on two-valued frames (5.75)
-    assert quant["chosen"]["calibration"].startswith("nncf performance preset"), quant["chosen"]
+    # objective=latency (the default). With VNNI or AMX, NNCF's performance preset ships (measured on AMX: a gain of
+    # 1.16 points); a CPU without VNNI saturates its symmetric activations, so there the choice is another candidate's
+    # (the drop within the bar is asserted above on every CPU). The peer's mixed preset, where it was built, loses
+    # several points on two-valued frames (5.75 on AMX).
+    from yolo_compile.runs import int8_isa
+
+    if int8_isa() in ("AMX", "AVX512-VNNI", "AVX-VNNI"):
+        assert quant["chosen"]["calibration"].startswith("nncf performance preset"), quant["chosen"]
     mixed = [c for c in quant["candidates"] if c["calibration"] == "nncf mixed preset, fast bias correction"]
     assert not mixed or mixed[0]["drop_points"] > 0.3, mixed
     assert any(c.get("proxy_of") == "nncf mixed preset" for c in quant["candidates"]) or mixed  # timed, one way or another
