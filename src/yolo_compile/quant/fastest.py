@@ -72,21 +72,21 @@ def run_latency(search, steps) -> dict:
             continue
         for r in build():
             rows.append(search.score(r))
-    scored = [r for r in rows if "drop_points" in r]
-    best, runner = choose.by_latency(scored, accept)
+    return _choose(search, rows, untried)
+
+
+def _choose(search, rows: list[dict], untried: list[str] = ()) -> dict:
+    """The latency rule over the scored rows (one is within the bar): the winner, why each other lost, the runner-up
+    (FP32 where no other candidate has both numbers), and the plan steps not tried."""
+    accept = search.cfg.accept_drop
+    best, runner = choose.by_latency([r for r in rows if "drop_points" in r], accept)
     choose.why_lost(rows, best, accept)
     for label in untried:
         rows.append({"quantizer": label.split()[0], "calibration": label.split(" ", 1)[1],
                      "not_tried": f"{choose.label(best)} was within accept_drop={accept:g}: ModelOpt's candidates "
                                   "(symmetric INT8 like it) are the accuracy fallback"})
-    runner = runner or _front_runner(search, best)
-    why = choose.explain(best, runner, search.fp32, accept, choose.tally(rows))
-    return _finish(search, rows, best, runner, why)
-
-
-def _front_runner(search, best: dict) -> dict:
-    """Return the runner-up where no other candidate has both numbers: the FP32 model (drop 0, its speed)."""
-    return {**search.fp32, "drop_points": 0.0, "lost": "the float model: INT8 was asked for"}
+    runner = runner or {**search.fp32, "drop_points": 0.0, "lost": "the float model: INT8 was asked for"}
+    return _finish(search, rows, best, runner, choose.explain(best, runner, search.fp32, accept, choose.tally(rows)))
 
 
 def _fallback(search, rows: list[dict], pending) -> dict:
@@ -99,13 +99,8 @@ def _fallback(search, rows: list[dict], pending) -> dict:
     if mo and mo[0]["drop_points"] > accept and search.cfg.search_budget > 0:
         rows += search.recipe_search(mo)
     scored = [r for r in rows if "drop_points" in r]
-    within = [r for r in scored if r["drop_points"] <= accept]
-    if within:  # the recipe search (or a ModelOpt candidate) reached the bar: the latency rule among those
-        best, runner = choose.by_latency(scored, accept)
-        choose.why_lost(rows, best, accept)
-        runner = runner or _front_runner(search, best)
-        return _finish(search, rows, best, runner,
-                       choose.explain(best, runner, search.fp32, accept, choose.tally(rows)))
+    if any(r["drop_points"] <= accept for r in scored):  # the recipe search (or ModelOpt) reached the bar
+        return _choose(search, rows)
     best = min(scored, key=lambda r: (r["drop_points"], -r.get("images_per_s", 0)))
     runner = min((r for r in scored if r is not best), key=lambda r: r["drop_points"], default=None)
     why = (f"no candidate within accept_drop={accept:g} points: the smallest drop wins, "
