@@ -175,7 +175,7 @@ def pareto_chart(points: list[dict], bar: float | None, title: str, width: int =
     py = lambda y: top + ph - (y - y_lo) / ((y_hi - y_lo) or 1) * ph  # noqa: E731
     parts = [f'<text x="0" y="14" font-size="13" font-weight="600">{_esc(title)}</text>',
              f'<path d="M{left} {top} V{top + ph} H{left + pw}" fill="none" stroke="#444"/>',
-             f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="11">images/s (batch 1)</text>',
+             f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle" font-size="11">images/s (batch {pts[0].get("batch", 1)})</text>',
              f'<text x="12" y="{top + ph / 2}" font-size="11" transform="rotate(-90 12 {top + ph / 2})" '
              f'text-anchor="middle">mAP50-95 drop (points)</text>']
     for v in (x_lo, (x_lo + x_hi) / 2, x_hi):

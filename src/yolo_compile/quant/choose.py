@@ -93,10 +93,19 @@ def int8_verdict(best: dict, fp32: dict) -> dict:
 def pareto(rows: list[dict], fp32: dict, best: dict | None) -> list[dict]:
     """Return the front's points: one per timed candidate and FP32 (drop, images/s, their noises, chosen, lost)."""
     pts = [{"candidate": "fp32", "drop_points": 0.0, "images_per_s": fp32["images_per_s"],
-            "speed_noise": fp32.get("speed_noise", 0), "drop_noise": 0.0, "chosen": False, "why": "the float model"}]
+            "speed_noise": fp32.get("speed_noise", 0), "drop_noise": 0.0, "chosen": False, "why": "the float model",
+            **_batch1(fp32)}]
     for r in rows:
         if "images_per_s" in r:
             pts.append({"candidate": label(r), "drop_points": r.get("drop_points"), "images_per_s": r["images_per_s"],
                         "speed_noise": r.get("speed_noise", 0), "drop_noise": r.get("drop_noise"),
-                        "chosen": r is best, "why": "chosen" if r is best else r.get("lost", "")})
+                        "chosen": r is best, "why": "chosen" if r is best else r.get("lost", ""), **_batch1(r)})
     return pts
+
+
+def _batch1(row: dict) -> dict:
+    """The point's batch and, where the deployment batch is larger, its batch-1 images/s."""
+    out = {"batch": row.get("batch", 1)}
+    if "batch1" in row:
+        out["batch1_images_per_s"] = row["batch1"]["images_per_s"]
+    return out

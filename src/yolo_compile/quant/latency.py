@@ -1,4 +1,4 @@
-"""Latency of quantize candidates on the runtime that ships: batch 1, paired and interleaved with the current best.
+"""Latency of quantize candidates on the runtime that ships: at one batch, paired and interleaved with the current best.
 
 Every candidate is timed in rounds alternating with the fastest model timed so far (FP32 first), each round with
 `timing.time_adaptive` inside the machine's timing slot (`timing.exclusive`). Pairing makes the ratio robust to a
@@ -25,22 +25,27 @@ RETIME_NOISE = 0.10  # a first (unpaired) model timed noisier than this gets mor
 MAX_BLOCKS = 4  # at most this many blocks of ROUNDS rounds per model (sequential: until the ratio is decisive)
 
 
-def shipping_runtime(target: str) -> tuple[str | None, str]:
+def shipping_runtime(target: str, batch: int = 1) -> tuple[str | None, str]:
     """Return (the runtime a target's engine ships on and is timed on, or None; why)."""
     if target == "tensorrt":
         return None, ("latency not measured: the TensorRT target ships a TensorRT engine and TensorRT is not here "
                       "to time it (candidates are scored on ONNX Runtime, its reference arithmetic): chosen by accuracy")
     if available("openvino")[0]:
-        return "openvino", "OpenVINO on this CPU, batch 1 (the CPU target's engine)"
-    return "onnxruntime", "ONNX Runtime on this CPU, batch 1 (OpenVINO is not installed)"
+        return "openvino", f"OpenVINO on this CPU, {_batches(batch)} (the CPU target's engine)"
+    return "onnxruntime", f"ONNX Runtime on this CPU, {_batches(batch)} (OpenVINO is not installed)"
+
+
+def _batches(batch: int) -> str:
+    return "batch 1" if batch == 1 else f"batch {batch} (deploy_batch: the choice's figure) and batch 1"
 
 
 class Bench:
-    """Times models on one runtime at batch 1, each paired with the fastest model timed before it."""
+    """Times models on one runtime at one batch, each paired with the fastest model timed before it."""
 
-    def __init__(self, runtime: str, x: np.ndarray, rounds: int = ROUNDS, seconds: float = ROUND_SECONDS):
-        self.runtime, self.rounds, self.round_seconds = runtime, rounds, seconds
-        self.x = np.ascontiguousarray(x[:1], dtype=np.float32)
+    def __init__(self, runtime: str, x: np.ndarray, rounds: int = ROUNDS, seconds: float = ROUND_SECONDS,
+                 batch: int = 1):
+        self.runtime, self.rounds, self.round_seconds, self.batch = runtime, rounds, seconds, batch
+        self.x = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])), dtype=np.float32)  # x's images, repeated
         self.calls: dict[str, object] = {}
         self.ips: dict[str, float] = {}
         self.best: str | None = None
@@ -95,8 +100,8 @@ class Bench:
             self.others_core_s += seen["others_cores"] * seen["seconds"]
             self.watched_s += seen["seconds"]
         mine = np.asarray(p50[label])
-        row = {"images_per_s": round(1.0 / float(np.median(mine)), 2), "p50_ms": round(float(np.median(mine)) * 1e3, 3),
-               "timing_rounds": len(mine)}
+        row = {"images_per_s": round(self.batch / float(np.median(mine)), 2),
+               "p50_ms": round(float(np.median(mine)) * 1e3, 3), "batch": self.batch, "timing_rounds": len(mine)}
         if ref:
             ratio = np.asarray(p50[ref]) / mine  # > 1: this model is faster than the one it was paired with
             spread = float(np.std(ratio, ddof=1) / np.sqrt(len(ratio))) if len(ratio) > 1 else 0.0

@@ -34,13 +34,17 @@ def front_table(quantize: dict) -> str:
     if not pts:
         return ""
     chosen = quantize.get("chosen") or {}
+    batch = pts[0].get("batch", 1)
+    b1 = ["images/s at batch 1"] if batch > 1 else []
     rows = [[p.get("candidate"), p.get("drop_points"), p.get("drop_noise"), p.get("images_per_s"), p.get("speed_noise"),
-             "chosen" if p.get("chosen") else p.get("why")] for p in sorted(pts, key=lambda p: -(p.get("images_per_s") or 0))]
+             *([p.get("batch1_images_per_s")] if b1 else []), "chosen" if p.get("chosen") else p.get("why")]
+            for p in sorted(pts, key=lambda p: -(p.get("images_per_s") or 0))]
     note = (f"<p class='muted'>objective={html.escape(str(quantize.get('objective', '?')))}, "
             f"accept_drop={_cell(chosen.get('accept_drop'))} points; speed: {html.escape(str(chosen.get('latency', '')))}; "
             f"{html.escape(str(chosen.get('says', '')))}</p>")
-    return ("<h3>The front: every timed candidate's mAP50-95 drop and images/s (batch 1)</h3>" + note
-            + _table(["candidate", "drop, points", "drop noise", "images/s", "speed noise", "chosen, or why it lost"], rows,
+    return (f"<h3>The front: every timed candidate's mAP50-95 drop and images/s (batch {batch})</h3>" + note
+            + _table(["candidate", "drop, points", "drop noise", f"images/s at batch {batch}", "speed noise", *b1,
+                      "chosen, or why it lost"], rows,
                      [bool(p.get("chosen")) for p in sorted(pts, key=lambda p: -(p.get("images_per_s") or 0))]))
 
 

@@ -39,6 +39,7 @@ class QuantizeConfig:
     score_images: int = 0  # how many labeled (or held-out) images score a candidate; 0 means all
     accept_drop: float = 0.3  # the bar (mAP50-95 drop, points): latency takes the fastest within it, accuracy the first; 0 scores all, smallest drop wins
     objective: str = "latency"  # latency: fastest candidate within accept_drop (timed on the runtime that ships) | accuracy: first within it
+    deploy_batch: int = 1  # the batch the engine serves: candidates are timed (and chosen) at it, and at batch 1 when larger
     search_budget: int = 10  # auto, none within accept_drop: most recipes (float groups x per-group calibration) the search scores
     search_floats: int = 2  # most layer groups the recipe search keeps float beyond the head and stem (each costs speed)
 
@@ -50,6 +51,8 @@ class QuantizeConfig:
         if self.search_budget < 0 or self.search_floats < 0:
             raise QuantizeError(f"parameters 'search_budget' = {self.search_budget}, 'search_floats' = {self.search_floats}: "
                                 "give counts >= 0 (search_budget=0 turns the recipe search off)")
+        if self.deploy_batch < 1:
+            raise QuantizeError(f"parameter 'deploy_batch' = {self.deploy_batch}: give the batch the engine serves, >= 1")
         if self.accept_drop < 0:
             raise QuantizeError(f"parameter 'accept_drop' = {self.accept_drop}: give points >= 0 (0 scores every candidate)")
         if self.quantizer == "nncf" and resolve_target(self.target) == "tensorrt":
@@ -114,6 +117,10 @@ def run(cfg: QuantizeConfig, run_dir: str | Path) -> QuantizeResult:
     run_dir = Path(run_dir)
     fp32 = run_dir / exp["onnx"]
     target = resolve_target(cfg.target)
+    fixed = exp["input_shape"][0]
+    if isinstance(fixed, int) and fixed != cfg.deploy_batch:
+        raise QuantizeError(f"{fp32}: deploy_batch={cfg.deploy_batch} but the exported model's batch is fixed at "
+                            f"{fixed}; export with dynamic_batch=true, or set deploy_batch={fixed}")
     hp_dtype = "fp16" if target == "tensorrt" else "fp32"
     graph = onnx.load(str(fp32), load_external_data=False).graph
     head = find_head(graph, int(exp["head_index"]))

@@ -154,3 +154,30 @@ def test_tensorrt_target_says_latency_was_not_measured(run_copy, image_sets):
     assert res.objective == "accuracy" and "latency not measured" in res.chosen["latency"]
     assert "first candidate within accept_drop" in res.chosen["why"] and not res.pareto
     assert not any("images_per_s" in r for r in res.candidates)
+
+
+def test_deploy_batch_times_each_candidate_there_and_at_batch_1(run_copy, image_sets):
+    """deploy_batch=4: the choice's figures are at batch 4 (images/s = 4 / p50), batch 1 is timed beside them, and the
+    front and its table say which batch they are."""
+    from yolo_compile.report.tables import front_table
+
+    res = quantize.run(quantize.QuantizeConfig(target="cpu", data=str(image_sets["data"]), accept_drop=50,
+                                               deploy_batch=4), run_copy)
+    timed = [r for r in res.candidates if "images_per_s" in r]
+    assert timed and all(r["batch"] == 4 and r["batch1"]["images_per_s"] > 0 for r in timed)
+    assert all(abs(r["images_per_s"] - 4e3 / r["p50_ms"]) / r["images_per_s"] < 0.5 for r in timed if "paired_with" not in r)
+    assert "batch 4" in res.chosen["latency"] and "batch 1" in res.chosen["latency"]
+    assert all(p["batch"] == 4 and p["batch1_images_per_s"] > 0 for p in res.pareto)
+    html = front_table({"pareto": res.pareto, "chosen": res.chosen, "objective": res.objective})
+    assert "images/s at batch 4" in html and "images/s at batch 1" in html
+
+
+def test_deploy_batch_is_checked_before_anything_runs(run_copy):
+    with pytest.raises(QuantizeError, match="deploy_batch"):
+        quantize.QuantizeConfig(deploy_batch=0)
+    exp_path = run_copy / "export" / "result.json"
+    exp = json.loads(exp_path.read_text())
+    exp["input_shape"] = [1, *exp["input_shape"][1:]]  # an export with a fixed batch of 1
+    exp_path.write_text(json.dumps(exp))
+    with pytest.raises(QuantizeError, match=r"model.onnx: deploy_batch=2 but the exported model's batch is fixed at 1"):
+        quantize.run(quantize.QuantizeConfig(target="cpu", deploy_batch=2), run_copy)
