@@ -3,6 +3,7 @@
     python bench/compile_time.py [--write]       # the default compile of the reference detector (--write: into bench/README.md)
     python bench/compile_time.py --tiny          # a tiny YOLOv8n at 64 px (quick plumbing check)
     python bench/compile_time.py -- --set study=off   # anything after -- goes to `yolo-compile run`
+    python bench/compile_time.py --vs-peer 3        # cold stages, imports warm, vs Ultralytics' INT8 export, paired
 
 Cold: an empty stage and tensor cache. Warm: the same command again (every stage from the stage cache).
 Direct: the same stages called from this Python process (config + stage.run) into another run folder, with
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +74,53 @@ def direct_run(workflow: str, args: list[str], artifacts: Path, cache: Path) -> 
     return time.perf_counter() - t0, times
 
 
+def vs_peer(workflow: str, args: list[str], tmp: Path, rounds: int) -> list[list[str]]:
+    """Ours (every stage, direct, a new empty cache each time) and the peer's export, imports warm, A B A B.
+
+    The issue-23 measure: cold stages with imports warm against Ultralytics' OpenVINO INT8 export of the same
+    checkpoint on the same calibration images, in this one process (both import what they use before the clock).
+    """
+    import statistics
+
+    os.environ.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", MPLBACKEND="Agg")
+    import nncf  # noqa: F401  imports warm on both sides
+    import onnxruntime  # noqa: F401
+    import openvino  # noqa: F401
+    import polygraphy.backend.onnxrt  # noqa: F401
+    import torch  # noqa: F401
+    from ultralytics import YOLO
+
+    from cpu_target import DOMAINS, dataset_copy, domain_paths
+    from yolo_compile import runs
+
+    domain = next((d for d, w in DOMAINS.items() if w == workflow), "aoi")
+    ref = domain_paths(domain)
+    ours, peer, stages = [], [], []
+    for i in range(rounds):
+        total, times = direct_run(workflow, args, tmp / f"ours-{i}", tmp / f"cache-{i}")
+        ours.append(total)
+        stages.append(times)
+        if i == 0:
+            run = sorted(p for p in (tmp / "ours-0").iterdir() if p.is_dir())[-1]
+            cal = runs.read_result(run, "calibrate")
+            data = dataset_copy(tmp / "data", [Path(cal["calib_dir"]) / f["file"] for f in cal["files"]], Path(ref["data"]))
+        pt = tmp / f"peer-{i}" / Path(ref["model"]).name  # its exports land beside the .pt
+        pt.parent.mkdir()
+        shutil.copy(ref["model"], pt)
+        t0 = time.perf_counter()
+        YOLO(str(pt)).export(format="openvino", int8=True, data=str(data), split="train", fraction=1.0, imgsz=640,
+                             device="cpu")
+        peer.append(time.perf_counter() - t0)
+        print(f"round {i + 1}: ours {ours[-1]:.1f} s, peer {peer[-1]:.1f} s, ratio {ours[-1] / peer[-1]:.2f}x; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    ratios = [o / p for o, p in zip(ours, peer)]
+    rows = [[stage, f"{statistics.median(t[stage] for t in stages):.1f}"] for stage in stages[0]]
+    rows += [["ours: every stage, cold, imports warm", f"{statistics.median(ours):.1f} ({min(ours):.1f}-{max(ours):.1f})"],
+             ["peer: Ultralytics format=openvino int8=True", f"{statistics.median(peer):.1f} ({min(peer):.1f}-{max(peer):.1f})"],
+             ["ours / peer, pair by pair", f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}; goal <= 1.5x)"]]
+    return rows
+
+
 def first_run(workflow: str, args: list[str], tmp: Path) -> list[list[str]]:
     """What a newcomer pays: a fresh clone, `make setup-compile` (new venv), then the first compile in it.
 
@@ -108,10 +157,19 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write the table into bench/README.md")
     ap.add_argument("--first-run", action="store_true",
                     help="a fresh clone: make setup-compile, the first compile in its new venv, cold-with-warm-imports, warm")
+    ap.add_argument("--vs-peer", type=int, metavar="ROUNDS", default=0,
+                    help="ours (direct, cold stages, imports warm) vs the peer's export, ROUNDS pairs A B A B")
     ap.add_argument("rest", nargs="*", help="after --: extra `yolo-compile run` arguments")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-compile-"))
     args = (tiny_args(tmp / "inputs") if a.tiny else []) + a.rest
+    if a.vs_peer:
+        from _common import machine_line
+
+        rows = vs_peer(a.workflow, args, tmp, a.vs_peer)
+        print(machine_line() + f" Load average at the end: {os.getloadavg()[0]:.2f}.")
+        print(table(rows, ["stage / side", "seconds: median (min-max)"]))
+        return 0
     if a.first_run:
         from _common import machine_line
 
