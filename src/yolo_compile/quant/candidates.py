@@ -138,13 +138,30 @@ class Search:
         reductions are single-threaded numpy), and FP32's detections on the labeled split are needed before any
         candidate is scored: the two overlap. Nothing is timed meanwhile (the bench starts after both).
         """
-        from concurrent.futures import ThreadPoolExecutor
+        import threading
 
         label, build = step
-        with ThreadPoolExecutor(1, thread_name_prefix="fp32-scoring") as pool:
-            scorer = pool.submit(make_scorer, self.cfg, self.run_dir, self.exp, self.src, self.data, self.target)
-            rows = build()  # a build error is raised once the scorer's thread has ended
-            self.scorer = scorer.result()
+        out: dict = {}
+        stop = threading.Event()
+
+        def score_fp32() -> None:
+            try:
+                out["scorer"] = make_scorer(self.cfg, self.run_dir, self.exp, self.src, self.data, self.target, stop)
+            except BaseException as e:  # noqa: BLE001  raised in the caller's thread below
+                out["error"] = e
+
+        t = threading.Thread(target=score_fp32, name="fp32-scoring")
+        t.start()
+        try:
+            rows = build()
+        except BaseException:  # a build error or Ctrl-C: FP32's pass ends at its next batch, then the error is raised
+            stop.set()
+            t.join()
+            raise
+        t.join()
+        if "error" in out:
+            raise out["error"]
+        self.scorer = out["scorer"]
         return label, lambda: rows
 
     def run(self) -> dict:

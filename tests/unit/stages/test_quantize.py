@@ -181,3 +181,47 @@ def test_deploy_batch_is_checked_before_anything_runs(run_copy):
     exp_path.write_text(json.dumps(exp))
     with pytest.raises(QuantizeError, match=r"model.onnx: deploy_batch=2 but the exported model's batch is fixed at 1"):
         quantize.run(quantize.QuantizeConfig(target="cpu", deploy_batch=2), run_copy)
+
+
+def _search(run_dir, tmp_path, **cfg):
+    from yolo_compile import runs
+    from yolo_compile.quant.candidates import Search
+
+    exp = runs.require_passed(run_dir, "export")
+    data = quantize._calibration_array(run_dir / runs.require_passed(run_dir, "calibrate")["array"])
+    return Search(quantize.QuantizeConfig(target="cpu", **cfg), run_dir, exp, run_dir / exp["onnx"], tmp_path, data,
+                  [], [], "fp32", "cpu")
+
+
+def test_first_candidate_builds_while_fp32_is_scored_and_errors_surface(run_copy, tmp_path):
+    """FP32's pass runs in a thread beside the first build: the step comes back with its rows and the scorer set;
+    a build error is raised as itself, and a scorer error (a label file that breaks it) is raised too."""
+    import threading
+
+    search = _search(run_copy, tmp_path)
+    seen = []
+    label, build = search._first_beside_scorer(("first", lambda: seen.append([t.name for t in threading.enumerate()]) or [{"r": 1}]))
+    assert label == "first" and build() == [{"r": 1}] and search.scorer.base > 0
+    assert "fp32-scoring" in seen[0]  # the FP32 pass was running beside the build
+    with pytest.raises(ZeroDivisionError):
+        _search(run_copy, tmp_path)._first_beside_scorer(("first", lambda: 1 / 0))
+    bad = tmp_path / "data.yaml"
+    bad.write_text("val: nowhere/images\nnames: {0: a}\n")
+    with pytest.raises(Exception, match="nowhere"):
+        _search(run_copy, tmp_path, data=str(bad))._first_beside_scorer(("first", lambda: []))
+
+
+def test_a_stopped_prediction_pass_raises_and_caches_nothing(run_copy, tmp_path):
+    import threading
+
+    from yolo_compile import runs
+    from yolo_compile.evaluate import accuracy
+
+    exp = runs.require_passed(run_copy, "export")
+    data = quantize._calibration_array(run_copy / runs.require_passed(run_copy, "calibrate")["array"])
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(accuracy.Stopped, match="stopped after 0 of 8 images"):
+        accuracy.predict_cached(run_copy / exp["onnx"], data, "key", tmp_path, backend="openvino", stop=stop)
+    assert not (tmp_path / "detections").exists()
+    assert len(accuracy.predict_cached(run_copy / exp["onnx"], data, "key", tmp_path, backend="openvino")) == 8
