@@ -96,16 +96,6 @@ def side(label: str, src: Path, base: Path, data: Path) -> dict:
     return {"side": label, **res, "file": str(run / res["onnx"]), "load": f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"}
 
 
-def ultralytics_map(model: Path, data: Path, work: Path) -> float:
-    """mAP50-95 of an ONNX file by Ultralytics' validator on ONNX Runtime (offline)."""
-    os.environ.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", MPLBACKEND="Agg")
-    from ultralytics import YOLO
-
-    res = YOLO(str(model), task="detect").val(data=str(data), split="val", imgsz=640, batch=1, rect=False,
-                                              plots=False, project=str(work), name=model.stem, verbose=False)
-    return float(res.box.map)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--make-set", action="store_true", help="only generate the labeled set")
@@ -128,11 +118,14 @@ def main() -> int:
         ref = a.before if label == "before" else a.after
         rows.append(side(label, code_of(ref, base) if ref else REPO / "src", base, data))
         print(json.dumps(rows[-1]), flush=True)
-    if a.ultralytics:
+    if a.ultralytics:  # cpu_target's reader: offline (it sets YOLO_OFFLINE and YOLO_AUTOINSTALL on import)
+        from cpu_target import ultralytics_map
+
         fp32 = Path(rows[0]["file"]).parents[1] / "export" / "model.onnx"
-        base_map = ultralytics_map(fp32, data, base / "val")
+        base_map = ultralytics_map(fp32, data, base / "val", "fp32")
         for r in rows:
-            r["ultralytics_drop"] = round(100 * (base_map - ultralytics_map(Path(r["file"]), data, base / "val")), 3)
+            r["ultralytics_drop"] = round(100 * (base_map - ultralytics_map(Path(r["file"]), data, base / "val",
+                                                                            r["side"])), 3)
     print("| side | quantize s | candidates scored | chosen | drop, points (ours) | drop (Ultralytics val) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
