@@ -110,9 +110,13 @@ class Search:
         """Time a finalized candidate (once) on the runtime that ships, paired with the fastest so far."""
         if self.bench is not None and "images_per_s" not in row:
             row.update(self.bench.measure(row["file"], self.work / row["final"]))
-            if self.bench_b1 is not None:  # deploy_batch > 1: batch 1 too, paired on its own bench
-                b1 = self.bench_b1.measure(row["file"], self.work / row["final"])
-                row["batch1"] = {k: b1[k] for k in ("images_per_s", "p50_ms", "speed_noise")}
+            self._batch1(row, self.work / row["final"])
+
+    def _batch1(self, row: dict, path: Path) -> None:
+        """deploy_batch > 1: time the model at batch 1 too, paired on its own bench (row['batch1'])."""
+        if self.bench_b1 is not None:
+            b1 = self.bench_b1.measure(row["file"], path)
+            row["batch1"] = {k: b1[k] for k in ("images_per_s", "p50_ms", "speed_noise")}
 
     def start_timing(self) -> None:
         """Open the bench on the runtime that ships (none for TensorRT) and time FP32 first: a point on the front."""
@@ -127,16 +131,15 @@ class Search:
             self.bench_b1 = Bench(self.runtime, x[:1]) if batch > 1 else None
             self.fp32 = {"quantizer": "fp32", "calibration": "the float model", "file": "fp32"}
             self.fp32.update(self.bench.measure("fp32", self.src))
-            if self.bench_b1 is not None:
-                b1 = self.bench_b1.measure("fp32", self.src)
-                self.fp32["batch1"] = {k: b1[k] for k in ("images_per_s", "p50_ms", "speed_noise")}
+            self._batch1(self.fp32, self.src)
 
     def _first_beside_scorer(self, step):
         """Build the first candidate while FP32 is scored in a thread; return the step with its rows already built.
 
-        The first build (NNCF's or ModelOpt's statistics pass) leaves a core idle between inferences (its per-tensor
-        reductions are single-threaded numpy), and FP32's detections on the labeled split are needed before any
-        candidate is scored: the two overlap. Nothing is timed meanwhile (the bench starts after both).
+        The first build (NNCF's or ModelOpt's statistics pass) leaves a core idle at times (its per-tensor reductions
+        are single-threaded numpy), and FP32's detections on the labeled split are needed before any candidate is
+        scored: the two overlap. Nothing is timed meanwhile (the bench starts after both). Measured on 2 cores: the
+        reference's quantize 46.9 -> 45.2 s, the TensorRT target's on 500 labeled images 275 -> 262 s.
         """
         import threading
 
