@@ -1,13 +1,12 @@
 """target=tensorrt on a 500-image labeled set: the quantize stage of two code versions, back to back (issue 23).
 
     python bench/tensorrt_quantize.py --make-set                 # only generate build/bench_trt/aoi500-<seed>/
-    python bench/tensorrt_quantize.py [--before REF] [--after REF] [--ultralytics]
+    python bench/tensorrt_quantize.py [--before REF] [--after REF] [--only before|after]
 
 Each side is a fresh process with its own empty cache running its own code (git archive of REF; `--after` empty:
 this tree): export and calibrate of the reference detector (defaults, untimed), then the quantize stage with
 target=tensorrt and data=<the set>, timed. Both score on ONNX Runtime (TensorRT's reference arithmetic). Prints
-seconds, candidates scored, the chosen recipe and its drop; --ultralytics adds Ultralytics' own validator on each
-side's chosen file and the FP32 model (ONNX Runtime), so the drop is read by a judge neither side wrote.
+seconds, candidates scored, the chosen recipe and its drop.
 The labeled set is the project's own generator (the aoi scene, split 'val', the reference seed: frames 0-199 are
 data/aoi/val itself, 200-499 more of the same stream): nothing downloaded, nothing committed.
 """
@@ -103,7 +102,6 @@ def main() -> int:
     ap.add_argument("--before", default=BEFORE, help=f"git ref measured as 'before' (default {BEFORE})")
     ap.add_argument("--after", default="", help="git ref measured as 'after' (default: this tree)")
     ap.add_argument("--only", choices=("before", "after"))
-    ap.add_argument("--ultralytics", action="store_true", help="also read each chosen file with Ultralytics' val")
     a = ap.parse_args()
     data = make_set(a.count)
     if a.make_set:
@@ -118,19 +116,10 @@ def main() -> int:
         ref = a.before if label == "before" else a.after
         rows.append(side(label, code_of(ref, base) if ref else REPO / "src", base, data))
         print(json.dumps(rows[-1]), flush=True)
-    if a.ultralytics:  # cpu_target's reader: offline (it sets YOLO_OFFLINE and YOLO_AUTOINSTALL on import)
-        from cpu_target import ultralytics_map
-
-        fp32 = Path(rows[0]["file"]).parents[1] / "export" / "model.onnx"
-        base_map = ultralytics_map(fp32, data, base / "val", "fp32")
-        for r in rows:
-            r["ultralytics_drop"] = round(100 * (base_map - ultralytics_map(Path(r["file"]), data, base / "val",
-                                                                            r["side"])), 3)
-    print("| side | quantize s | candidates scored | chosen | drop, points (ours) | drop (Ultralytics val) |")
-    print("|---|---|---|---|---|---|")
+    print("| side | quantize s | candidates scored | chosen | drop, points (ours) |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['side']} | {r['seconds']} | {r['scored']} | {r['calibration']} | {r['drop_points']} | "
-              f"{r.get('ultralytics_drop', '-')} |")
+        print(f"| {r['side']} | {r['seconds']} | {r['scored']} | {r['calibration']} | {r['drop_points']} |")
     if len(rows) == 2:
         print(f"after / before: {rows[1]['seconds'] / rows[0]['seconds']:.2f}x the time")
     (base / "results.json").write_text(json.dumps(rows, indent=1))
