@@ -70,15 +70,9 @@ def letterbox_boxes(labels: np.ndarray, shape: tuple[int, int], size: int) -> np
     return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
 
 
-class Stopped(Exception):
-    """A prediction pass ended early because its caller asked (`stop` set): nothing of it is kept."""
-
-
 def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: int = 8, desc: str = "",
-            backend: str = "onnxruntime", stop=None) -> list[Detections]:
-    """Run a model (ONNX, or OpenVINO IR) over a uint8 or float (N, 3, S, S) array; return NMS'd detections per image.
-
-    stop (a threading.Event), once set, ends the pass at the next batch with `Stopped`."""
+            backend: str = "onnxruntime") -> list[Detections]:
+    """Run a model (ONNX, or OpenVINO IR) over a uint8 or float (N, 3, S, S) array; return NMS'd detections per image."""
     from tqdm.auto import tqdm
 
     from yolo_compile.runtimes.registry import open_runner
@@ -90,8 +84,6 @@ def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: in
 
     def batches():
         for i in starts:
-            if stop is not None and stop.is_set():
-                raise Stopped(f"{Path(model_path).name}: prediction stopped after {i} of {len(array)} images")
             x = images.to_float(array[i:i + batch])
             if len(x) < batch and runner.static_batch:
                 x = np.concatenate([x, np.zeros((batch - len(x), *x.shape[1:]), x.dtype)])
@@ -108,14 +100,14 @@ def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: in
 
 
 def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_dir: str | Path | None, *,
-                   backend: str = "onnxruntime", desc: str = "", stop=None) -> list[Detections]:
+                   backend: str = "onnxruntime", desc: str = "") -> list[Detections]:
     """Return predict()'s detections, kept in cache_dir/detections/ by model content, runtime and image set.
 
     A model file's detections on one image set are a pure function of those bytes and the runtime's version:
     the quantize stage's scoring and the compare stage's gate run the same model on the same split once.
     """
     if cache_dir is None or not array_key:
-        return predict(model_path, array, desc=desc, backend=backend, stop=stop)
+        return predict(model_path, array, desc=desc, backend=backend)
     import hashlib
 
     from yolo_compile import runs
@@ -132,7 +124,7 @@ def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_di
                                                                np.split(z["classes"], cut))]
         except (OSError, ValueError, KeyError) as e:  # a damaged entry is recomputed, never trusted
             log.warning("%s: unreadable detection cache entry (%s): recomputing", path, e)
-    dets = predict(model_path, array, desc=desc, backend=backend, stop=stop)
+    dets = predict(model_path, array, desc=desc, backend=backend)
     path.parent.mkdir(parents=True, exist_ok=True)
     with fileio.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -265,10 +257,9 @@ class Scorer:
     """
 
     def __init__(self, fp32: Path, array: np.ndarray, size: int, names: dict, *, split: LabeledSplit | None = None,
-                 backend: str = "onnxruntime", conf: float = 0.25, array_key: str = "", cache_dir: Path | None = None,
-                 stop=None):
+                 backend: str = "onnxruntime", conf: float = 0.25, array_key: str = "", cache_dir: Path | None = None):
         self.array, self.size, self.names, self.split = array, size, names, split
-        self.array_key, self.cache_dir, self.stop = array_key, cache_dir, stop
+        self.array_key, self.cache_dir = array_key, cache_dir
         self.backend, self.conf = backend, conf
         self.kind = "map50_95 drop on labels" if split is not None else "label-free: agreement with FP32 (mAP50-95 against FP32's detections)"
         self.dets: dict[str, list[Detections]] = {}
@@ -279,7 +270,7 @@ class Scorer:
     def predict(self, path: Path, label: str) -> list[Detections]:
         """Return (and keep under label) one model's detections on the image set."""
         self.dets[label] = predict_cached(path, self.array, self.array_key, self.cache_dir, backend=self.backend,
-                                          desc=f"score {label}", stop=self.stop)
+                                          desc=f"score {label}")
         return self.dets[label]
 
     def value(self, dets: list[Detections], idx) -> float:

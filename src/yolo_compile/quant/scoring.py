@@ -9,9 +9,8 @@ import numpy as np
 from yolo_compile import images, runs
 
 
-def make_scorer(cfg, run_dir: Path, exp: dict, src: Path, data: np.ndarray, target: str, stop=None):
-    """Return an accuracy.Scorer on the runtime that ships for the target; its `where` says on which images (stop: a
-    threading.Event that ends FP32's pass early)."""
+def make_scorer(cfg, run_dir: Path, exp: dict, src: Path, data: np.ndarray, target: str):
+    """Return an accuracy.Scorer on the runtime that ships for the target; its `where` says on which images."""
     from yolo_compile.evaluate import accuracy
     from yolo_compile.runtimes.registry import scoring_backend
 
@@ -27,17 +26,17 @@ def make_scorer(cfg, run_dir: Path, exp: dict, src: Path, data: np.ndarray, targ
                                       [split.shapes[i] for i in keep])
         imgs = images.preprocessed(split.images, size, cache, desc="labeled images")
         scorer = accuracy.Scorer(src, imgs.array, size, names, split=split, backend=backend,
-                                 array_key=imgs.key, cache_dir=cache, stop=stop)
+                                 array_key=imgs.key, cache_dir=cache)
         where = f"{len(split.images)} labeled images of {cfg.data}"
     elif cfg.eval_dir:
         paths = images.sample(images.list_images(cfg.eval_dir), n or 64, 1)
         imgs = images.preprocessed(paths, size, cache, desc="held-out images")
         scorer = accuracy.Scorer(src, imgs.array, size, names, backend=backend, array_key=imgs.key,
-                                 cache_dir=cache, stop=stop)
+                                 cache_dir=cache)
         where = f"{len(paths)} held-out images of {cfg.eval_dir} (no labels: pass data= for mAP)"
     else:
         arr = data[-min(len(data), n or 64):]
-        scorer = accuracy.Scorer(src, arr, size, names, backend=backend, stop=stop)
+        scorer = accuracy.Scorer(src, arr, size, names, backend=backend)
         where = (f"{len(arr)} calibration images (no labels and no eval_dir: agreement with FP32 on the images the "
                  "scales came from; pass data= for mAP)")
     scorer.where = where

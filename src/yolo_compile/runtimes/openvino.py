@@ -108,12 +108,10 @@ class OpenVinoRunner(BaseRunner):
                 yield done.pop(nxt)
                 nxt += 1
 
-        try:
-            for i, x in enumerate(batches):
-                queue.start_async({0: np.ascontiguousarray(x)}, i)  # returns once a request is free
-                yield from ready()
-        finally:  # also when the caller stops early: no request outlives its input
-            queue.wait_all()
+        for i, x in enumerate(batches):
+            queue.start_async({0: np.ascontiguousarray(x)}, i)  # returns once a request is free
+            yield from ready()
+        queue.wait_all()
         yield from ready()
 
     def prepare(self, x: np.ndarray) -> Callable[[], object]:
