@@ -190,10 +190,10 @@ def run(cfg: CompareConfig, run_dir: str | Path) -> CompareResult:
         if accuracy:
             accuracy["at_threshold"] = at_threshold(study, run_dir, quant, accuracy["backend"], cfg)
             if not accuracy["at_threshold"]["passed"]:
-                t = accuracy["at_threshold"]
-                reasons.append(f"F1 at conf {cfg.conf} dropped {t['f1_drop_points']:.2f} points ({t['fp32']['f1']:.4f} -> "
-                               f"{t['quantized']['f1']:.4f}; detections above conf {t['fp32']['detections']} -> "
-                               f"{t['quantized']['detections']}) > f1_drop_max {cfg.f1_drop_max}")
+                th = accuracy["at_threshold"]
+                reasons.append(f"F1 at conf {cfg.conf} dropped {th['f1_drop_points']:.2f} points ({th['fp32']['f1']:.4f} -> "
+                               f"{th['quantized']['f1']:.4f}; detections above conf {th['fp32']['detections']} -> "
+                               f"{th['quantized']['detections']}) > f1_drop_max {cfg.f1_drop_max}")
         deep = cfg.study == "full" or (cfg.study == "auto" and bool(reasons))
         recipes, sens, sweep = study.run(deep)
         # A runtime is verified when every check that ran on it passed: the build ships only a verified one.
