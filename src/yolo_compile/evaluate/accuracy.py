@@ -99,6 +99,41 @@ def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: in
     return dets
 
 
+def cache_entry(model_path: Path, backend: str, array_key: str, cache_dir: str | Path) -> Path:
+    """Return where a model's detections on one image set are kept: by model content, runtime version and image set."""
+    import hashlib
+
+    from yolo_compile.runtimes.registry import runtime_version
+
+    text = f"{fileio.sha256(model_path)}|{backend}|{runtime_version(backend)}|{array_key}"
+    return Path(cache_dir) / "detections" / f"{hashlib.sha256(text.encode()).hexdigest()[:40]}.npz"
+
+
+def load_detections(path: Path) -> list[Detections] | None:
+    """Return the detections kept at path, or None where there are none (a damaged entry is recomputed, never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            cut = np.cumsum(z["counts"])[:-1]
+            return [Detections(b, s, c) for b, s, c in zip(np.split(z["boxes"], cut), np.split(z["scores"], cut),
+                                                           np.split(z["classes"], cut))]
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("%s: unreadable detection cache entry (%s): recomputing", path, e)
+        return None
+
+
+def store_detections(path: Path, dets: list[Detections]) -> None:
+    """Keep detections at path (written, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fileio.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, counts=np.array([len(d.scores) for d in dets], np.int64),
+                     boxes=np.concatenate([d.boxes for d in dets]).reshape(-1, 4) if dets else np.zeros((0, 4), np.float32),
+                     scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
+                     classes=np.concatenate([d.classes for d in dets]) if dets else np.zeros(0, np.int64))
+
+
 def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_dir: str | Path | None, *,
                    backend: str = "onnxruntime", desc: str = "") -> list[Detections]:
     """Return predict()'s detections, kept in cache_dir/detections/ by model content, runtime and image set.
@@ -108,30 +143,11 @@ def predict_cached(model_path: Path, array: np.ndarray, array_key: str, cache_di
     """
     if cache_dir is None or not array_key:
         return predict(model_path, array, desc=desc, backend=backend)
-    import hashlib
-
-    from yolo_compile import runs
-    from yolo_compile.runtimes.registry import runtime_version
-
-    text = f"{fileio.sha256(model_path)}|{backend}|{runtime_version(backend)}|{array_key}"
-    key = hashlib.sha256(text.encode()).hexdigest()[:40]
-    path = Path(cache_dir) / "detections" / f"{key}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as z:
-                cut = np.cumsum(z["counts"])[:-1]
-                return [Detections(b, s, c) for b, s, c in zip(np.split(z["boxes"], cut), np.split(z["scores"], cut),
-                                                               np.split(z["classes"], cut))]
-        except (OSError, ValueError, KeyError) as e:  # a damaged entry is recomputed, never trusted
-            log.warning("%s: unreadable detection cache entry (%s): recomputing", path, e)
-    dets = predict(model_path, array, desc=desc, backend=backend)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with fileio.atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, counts=np.array([len(d.scores) for d in dets], np.int64),
-                     boxes=np.concatenate([d.boxes for d in dets]).reshape(-1, 4) if dets else np.zeros((0, 4), np.float32),
-                     scores=np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32),
-                     classes=np.concatenate([d.classes for d in dets]) if dets else np.zeros(0, np.int64))
+    path = cache_entry(model_path, backend, array_key, cache_dir)
+    dets = load_detections(path)
+    if dets is None:
+        dets = predict(model_path, array, desc=desc, backend=backend)
+        store_detections(path, dets)
     return dets
 
 
@@ -144,6 +160,10 @@ def matched(dets: list[Detections], split: LabeledSplit, size: int) -> dict[str,
     iouv = np.linspace(0.5, 0.95, 10)
     rows: dict[str, list[tuple]] = {"all": [], "small": []}
     for d, lbl, shape in zip(dets, split.labels, split.shapes):
+        if d is None:  # an image not scored (a candidate stopped early): a subset that includes it fails loudly
+            rows["all"].append(None)
+            rows["small"].append(None)
+            continue
         gt = letterbox_boxes(lbl, shape, size)
         gcls = lbl[:, 0].astype(np.int64)
         r2 = min(size / shape[0], size / shape[1]) ** 2
@@ -263,6 +283,7 @@ class Scorer:
         self.backend, self.conf = backend, conf
         self.kind = "map50_95 drop on labels" if split is not None else "label-free: agreement with FP32 (mAP50-95 against FP32's detections)"
         self.dets: dict[str, list[Detections]] = {}
+        self.stopped: dict[str, dict] = {}  # candidates stopped early by the sequential rule (score with a bar)
         self.rows: dict[int, tuple] = {}  # id(detections) -> (detections, per-image matches): kept alive together
         self.ref = self.predict(fp32, "fp32")
         self.base = self.value(self.ref, range(len(array)))
@@ -283,16 +304,90 @@ class Scorer:
             return 100 * (map_of_rows(self.rows[key][1], idx)[0] or 0.0)
         return 100 * agreement_map([self.ref[i] for i in idx], [dets[i] for i in idx], self.conf)
 
-    def score(self, path: Path, label: str) -> float:
-        """Return the candidate's drop from FP32 in points (smaller is better)."""
-        return round(self.base - self.value(self.predict(path, label), range(len(self.array))), 3)
+    def score(self, path: Path, label: str, bar: float | None = None) -> float:
+        """Return the candidate's drop from FP32 in points (smaller is better).
 
-    def noise(self, a: str, b: str, rounds: int = 40, seed: int = 0) -> float:
-        """Return the paired-bootstrap standard deviation (over images) of the drop difference between a and b."""
-        rng = np.random.default_rng(seed)
+        With a bar (accept_drop) and enough images, scoring is sequential: on a random quarter of the images,
+        then half, the candidate stops once its drop there exceeds the bar by more than STOP_Z paired-bootstrap
+        standard deviations (it cannot come within the bar on the full split); `self.stopped[label]` then says
+        on how many images. A candidate within reach is always scored on every image.
+        """
         n = len(self.array)
+        entry = (cache_entry(path, self.backend, self.array_key, self.cache_dir)
+                 if self.cache_dir is not None and self.array_key else None)
+        dets = load_detections(entry) if entry is not None else None
+        if dets is None and bar is not None and n >= STOP_MIN_IMAGES:
+            dets = self._sequential(path, label, bar)
+            if dets is None:  # stopped early
+                return self.stopped[label]["drop_points"]
+            if entry is not None:
+                store_detections(entry, dets)
+        self.dets[label] = dets if dets is not None else self.predict(path, label)
+        return round(self.base - self.value(self.dets[label], range(n)), 3)
+
+    def finish(self, path: Path, label: str) -> float:
+        """Score a stopped candidate on the images it skipped; return its drop on every image (and cache it)."""
+        dets = list(self.dets[label])
+        todo = np.array([i for i, d in enumerate(dets) if d is None], np.int64)
+        if len(todo):
+            for i, d in zip(todo, predict(path, self.array[todo], desc=f"score {label} (the rest)",
+                                          backend=self.backend)):
+                dets[i] = d
+            if self.cache_dir is not None and self.array_key:
+                store_detections(cache_entry(path, self.backend, self.array_key, self.cache_dir), dets)
+        self.dets[label] = dets
+        self.stopped.pop(label, None)
+        return round(self.base - self.value(dets, range(len(self.array))), 3)
+
+    def _sequential(self, path: Path, label: str, bar: float) -> list[Detections] | None:
+        """Score in looks over a fixed random order; return all detections, or None (and self.stopped) when stopped."""
+        n = len(self.array)
+        order = np.random.default_rng(0).permutation(n)
+        dets: list[Detections | None] = [None] * n
+        done = 0
+        for frac in STOP_LOOKS + (1.0,):
+            k = n if frac == 1.0 else int(n * frac)
+            chunk = np.sort(order[done:k])
+            part = predict(path, self.array[chunk], desc=f"score {label} ({k} of {n} images)", backend=self.backend)
+            dets = list(dets)  # a new list per look: matched rows are kept per list
+            for i, d in zip(chunk, part):
+                dets[i] = d
+            done = k
+            if k == n:
+                return dets
+            idx = np.sort(order[:k])
+            drop = self.value(self.ref, idx) - self.value(dets, idx)
+            sd = self._paired_sd(self.ref, dets, idx, rounds=40)
+            if drop - STOP_Z * sd > bar:
+                self.dets[label] = dets
+                self.stopped[label] = {"images": int(k), "of": int(n), "drop_points": round(float(drop), 3),
+                                       "noise_points": round(sd, 3),
+                                       "why": (f"stopped after {k} of {n} images: drop {drop:.3f} exceeds the bar "
+                                               f"{bar:g} by more than {STOP_Z:g} x its paired-bootstrap noise "
+                                               f"({sd:.3f}) on those images")}
+                return None
+        return dets
+
+    def _paired_sd(self, a: list, b: list, idx, rounds: int = 40, seed: int = 0) -> float:
+        """Return the paired-bootstrap standard deviation (over the images idx) of value(a) - value(b)."""
+        rng = np.random.default_rng(seed)
+        idx = np.asarray(list(idx))
         diffs = []
         for _ in range(rounds):
-            idx = rng.integers(0, n, n)
-            diffs.append(self.value(self.dets[a], idx) - self.value(self.dets[b], idx))
-        return round(float(np.std(diffs)), 3)
+            pick = idx[rng.integers(0, len(idx), len(idx))]
+            diffs.append(self.value(a, pick) - self.value(b, pick))
+        return float(np.std(diffs))
+
+    def noise(self, a: str, b: str, rounds: int = 40, seed: int = 0) -> float:
+        """Return the paired-bootstrap standard deviation (over images) of the drop difference between a and b.
+
+        Over the images both were scored on (all, unless one stopped early).
+        """
+        da, db = self.dets[a], self.dets[b]
+        idx = [i for i in range(len(self.array)) if da[i] is not None and db[i] is not None]
+        return round(self._paired_sd(da, db, idx, rounds, seed), 3)
+
+
+STOP_LOOKS = (0.25, 0.5)  # sequential scoring: looks after these fractions of the images
+STOP_Z = 3.0  # ... stop once the drop there exceeds the bar by more than this many paired-bootstrap deviations
+STOP_MIN_IMAGES = 100  # ... on fewer images than this a quarter is too few to look at: every candidate is scored in full

@@ -45,15 +45,29 @@ class Search:
         if "final" not in row:
             self.builders.finalize(row)
         self.time(row)
-        row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"])
+        bar = self.cfg.accept_drop if self.cfg.accept_drop > 0 else None  # accept_drop=0 ranks all: every image
+        row["drop_points"] = self.scorer.score(self.work / row["final"], row["file"], bar=bar)
         row["drop_noise"] = self.scorer.noise(row["file"], "fp32", rounds=20)
+        stop = self.scorer.stopped.get(row["file"])
+        if stop:
+            row["scored_images"], row["stopped"] = f"{stop['images']} of {stop['of']}", stop["why"]
         row["score_s"] = round(time.perf_counter() - t, 1)
-        log.info("candidate %s %s: drop %.3f points", row["quantizer"], row["calibration"], row["drop_points"])
+        log.info("candidate %s %s: drop %.3f points%s", row["quantizer"], row["calibration"], row["drop_points"],
+                 f" ({stop['why']})" if stop else "")
         from ..progress import step  # console progress (a bar on a terminal, a line a step in CI logs)
 
         self.scored += 1
         step("quantize", f"candidate {row['quantizer']} {row['calibration']}: drop {row['drop_points']:.3f} points",
              self.scored, self.planned)
+        return row
+
+    def complete(self, row: dict) -> dict:
+        """Score a candidate that stopped early on the images it skipped (it is the best there is): its full figure."""
+        if row.get("file") in self.scorer.stopped:
+            row["drop_points"] = self.scorer.finish(self.work / row["final"], row["file"])
+            row["drop_noise"] = self.scorer.noise(row["file"], "fp32", rounds=20)
+            row.pop("scored_images", None)
+            row["stopped"] = "stopped early, then scored on every image: the best there was"
         return row
 
     def recipe_search(self, roots: list[dict]) -> list[dict]:
@@ -171,7 +185,7 @@ class Search:
         if accepted is None and mo and mo[0]["drop_points"] > 0 and self.cfg.search_budget > 0:
             rows += self.recipe_search(mo)
         rows.sort(key=lambda r: r["drop_points"])
-        best = accepted or rows[0]
+        best = accepted or self.complete(rows[0])
         # the runner-up whose score differs: a candidate with identical detections (a step the split cannot see) has
         # no difference to measure the noise of
         second = next((r for r in rows if r is not best and r["drop_points"] != best["drop_points"]),

@@ -8,6 +8,15 @@ def public(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("file", "final")}
 
 
+def stopped_note(rows: list[dict]) -> str:
+    """Return '; N stopped early ...' for candidates the sequential rule stopped before the full split, or ''."""
+    stopped = [r for r in rows if r.get("scored_images")]
+    if not stopped:
+        return ""
+    return (f"; {len(stopped)} stopped early, decisively outside the bar on part of the images ("
+            + ", ".join(f"{r['calibration']}: {r['drop_points']:.3f} on {r['scored_images']}" for r in stopped) + ")")
+
+
 def only_candidate(row: dict) -> tuple[list[dict], dict]:
     """Return (rows, chosen) when one candidate was asked for: nothing measured."""
     return [public(row)], {**public(row), "why": "the only candidate asked for (no measurement needed)"}
@@ -31,6 +40,7 @@ def choice(cfg, rows: list[dict], best: dict, second: dict | None, accepted: dic
                + (f" vs {second['drop_points']:.3f} for the runner-up; the difference "
                   f"{'exceeds' if second['drop_points'] - best['drop_points'] > 2 * noise else 'is within'}"
                   f" twice its paired-bootstrap noise ({noise:.3f})" if second else ""))
+    why += stopped_note(rows)
     chosen = {**public(best), "score": scorer.kind, "images": scorer.where,
               "backend": scorer.backend, "fp32_value": round(scorer.base, 3),
               "runner_up": (f"{second['quantizer']} {second['calibration']} ({second['drop_points']:+.3f})"

@@ -101,7 +101,7 @@ def _fallback(search, rows: list[dict], pending) -> dict:
     scored = [r for r in rows if "drop_points" in r]
     if any(r["drop_points"] <= accept for r in scored):  # the recipe search (or ModelOpt) reached the bar
         return _choose(search, rows)
-    best = min(scored, key=lambda r: (r["drop_points"], -r.get("images_per_s", 0)))
+    best = search.complete(min(scored, key=lambda r: (r["drop_points"], -r.get("images_per_s", 0))))
     runner = min((r for r in scored if r is not best), key=lambda r: r["drop_points"], default=None)
     why = (f"no candidate within accept_drop={accept:g} points: the smallest drop wins, "
            f"{best['drop_points']:.3f} at {best['images_per_s']:.1f} images/s"
@@ -115,6 +115,7 @@ def _fallback(search, rows: list[dict], pending) -> dict:
 
 def _finish(search, rows: list[dict], best: dict, runner: dict | None, why: str) -> dict:
     accept = search.cfg.accept_drop
+    why += explain.stopped_note(rows)
     noise = (search.scorer.noise(best["file"], runner["file"]) if runner and "file" in runner and "drop_points" in runner
              else best["drop_noise"])
     verdict = choose.int8_verdict(best, search.fp32)

@@ -85,3 +85,62 @@ def test_average_precision_equals_ultralytics_ap_per_class():
     ref = ap_per_class(tp, conf, pred_cls, target_cls)
     assert np.array_equal(classes, ref[6]) and ap.shape == (5, 10)
     assert np.allclose(ap, ref[5], rtol=0, atol=1e-12) and ap[-1].sum() == 0
+
+
+def _shifted_copy(src: Path, dst: Path, px: float) -> Path:
+    """The same model with every predicted box moved px pixels right: a candidate worse by construction."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(src))
+    out = m.graph.output[0]
+    shift = np.zeros((1, int(out.type.tensor_type.shape.dim[1].dim_value), 1), np.float32)
+    shift[0, 0, 0] = px  # row 0 is the box centre x
+    m.graph.initializer.append(numpy_helper.from_array(shift, "shift_x"))
+    for n in m.graph.node:
+        n.output[:] = [o + "_raw" if o == out.name else o for o in n.output]
+    m.graph.node.append(helper.make_node("Add", [out.name + "_raw", "shift_x"], [out.name]))
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_sequential_scoring_stops_a_candidate_decisively_outside_the_bar(quantized_run, tmp_path):
+    """With a bar, a candidate far outside it stops after a quarter of the images; one within it is scored on all;
+    finishing the stopped one gives the figure scoring it without a bar gives, and both land in the cache."""
+    import sys
+
+    from yolo_compile import images
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from conftest import IMGSZ, make_images
+
+    paths = images.list_images(make_images(tmp_path / "imgs", 120, seed=11))
+    fp32 = quantized_run / "export" / "model.onnx"
+    # the tiny untrained model is confident on few drawn images: 120 frames made of those, so every one counts
+    probe = accuracy.Scorer(fp32, images.preprocessed(paths, IMGSZ, tmp_path / "probe").array, IMGSZ, {})
+    firing = [i for i, d in enumerate(probe.ref) if (d.scores >= probe.conf).any()]
+    assert firing, "the tiny model detects nothing confidently on the drawn images"
+    array = probe.array[(firing * 120)[:120]]
+    key = "tiled-" + "-".join(map(str, firing))
+    bad = _shifted_copy(fp32, tmp_path / "bad.onnx", 6.0)
+    same = tmp_path / "same.onnx"
+    same.write_bytes(fp32.read_bytes())
+    scorer = accuracy.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache")
+    assert scorer.base > 0 and len(scorer.array) == 120
+
+    assert scorer.score(same, "same", bar=1.0) == 0.0 and "same" not in scorer.stopped
+    drop = scorer.score(bad, "bad", bar=1.0)
+    stop = scorer.stopped["bad"]
+    assert stop["images"] == 30 and stop["of"] == 120 and drop > 1.0 + accuracy.STOP_Z * stop["noise_points"]
+    assert sum(d is not None for d in scorer.dets["bad"]) == 30 and "stopped after 30 of 120" in stop["why"]
+    assert scorer.noise("bad", "fp32") > 0  # the noise of a stopped candidate: over the images it was scored on
+
+    full = scorer.finish(bad, "bad")
+    assert "bad" not in scorer.stopped and all(d is not None for d in scorer.dets["bad"])
+    unbarred = accuracy.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache2")
+    assert unbarred.score(bad, "bad") == full > 1.0
+    cached = accuracy.load_detections(accuracy.cache_entry(bad, "onnxruntime", key, tmp_path / "cache"))
+    assert [len(d.scores) for d in cached] == [len(d.scores) for d in unbarred.dets["bad"]]
+    # a split too small to look at a quarter of is always scored in full
+    small = accuracy.Scorer(fp32, array[:40], IMGSZ, {})
+    assert small.score(bad, "bad", bar=1.0) > 1.0 and not small.stopped
