@@ -61,14 +61,17 @@ class Search:
              self.scored, self.planned)
         return row
 
-    def complete(self, row: dict) -> dict:
-        """Score a candidate that stopped early on the images it skipped (it is the best there is): its full figure."""
-        if row.get("file") in self.scorer.stopped:
-            row["drop_points"] = self.scorer.finish(self.work / row["final"], row["file"])
-            row["drop_noise"] = self.scorer.noise(row["file"], "fp32", rounds=20)
-            row.pop("scored_images", None)
-            row["stopped"] = "stopped early, then scored on every image: the best there was"
-        return row
+    def smallest_drop(self, rows: list[dict], key=lambda r: r["drop_points"]) -> dict:
+        """Return the row smallest by key, scored on every image: a candidate that stopped early and leads is scored
+        on the images it skipped first (its full figure may then fall behind another's)."""
+        while True:
+            best = min(rows, key=key)
+            if best.get("file") not in self.scorer.stopped:
+                return best
+            best["drop_points"] = self.scorer.finish(self.work / best["final"], best["file"])
+            best["drop_noise"] = self.scorer.noise(best["file"], "fp32", rounds=20)
+            best.pop("scored_images", None)
+            best["stopped"] = "stopped early; scored on every image when it led: the best there was"
 
     def recipe_search(self, roots: list[dict]) -> list[dict]:
         """Best-first search over extra float groups x per-group calibration from the scored uniform methods.
@@ -184,8 +187,8 @@ class Search:
         mo = sorted((r for r in rows if r["quantizer"] == "modelopt"), key=lambda r: r["drop_points"])
         if accepted is None and mo and mo[0]["drop_points"] > 0 and self.cfg.search_budget > 0:
             rows += self.recipe_search(mo)
+        best = accepted or self.smallest_drop(rows)
         rows.sort(key=lambda r: r["drop_points"])
-        best = accepted or self.complete(rows[0])
         # the runner-up whose score differs: a candidate with identical detections (a step the split cannot see) has
         # no difference to measure the noise of
         second = next((r for r in rows if r is not best and r["drop_points"] != best["drop_points"]),

@@ -101,7 +101,7 @@ def _fallback(search, rows: list[dict], pending) -> dict:
     scored = [r for r in rows if "drop_points" in r]
     if any(r["drop_points"] <= accept for r in scored):  # the recipe search (or ModelOpt) reached the bar
         return _choose(search, rows)
-    best = search.complete(min(scored, key=lambda r: (r["drop_points"], -r.get("images_per_s", 0))))
+    best = search.smallest_drop(scored, key=lambda r: (r["drop_points"], -r.get("images_per_s", 0)))
     runner = min((r for r in scored if r is not best), key=lambda r: r["drop_points"], default=None)
     why = (f"no candidate within accept_drop={accept:g} points: the smallest drop wins, "
            f"{best['drop_points']:.3f} at {best['images_per_s']:.1f} images/s"
