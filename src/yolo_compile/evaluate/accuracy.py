@@ -70,15 +70,23 @@ def letterbox_boxes(labels: np.ndarray, shape: tuple[int, int], size: int) -> np
     return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
 
 
-def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: int = 8, desc: str = "",
-            backend: str = "onnxruntime") -> list[Detections]:
-    """Run a model (ONNX, or OpenVINO IR) over a uint8 or float (N, 3, S, S) array; return NMS'd detections per image."""
-    from tqdm.auto import tqdm
-
+def open_scoring_runner(model_path: Path, backend: str = "onnxruntime"):
+    """Return the runner predict() scores with (OpenVINO under its throughput hint: a stream per request, the decoding
+    of one batch overlapping the next)."""
     from yolo_compile.runtimes.registry import open_runner
 
-    # OpenVINO under its throughput hint: a stream per request, the decoding of one batch overlapping the next.
-    runner = open_runner(backend, model_path, **({"hint": "throughput"} if backend == "openvino" else {}))
+    return open_runner(backend, model_path, **({"hint": "throughput"} if backend == "openvino" else {}))
+
+
+def predict(model_path: Path, array: np.ndarray, input_name: str = "", batch: int = 8, desc: str = "",
+            backend: str = "onnxruntime", runner=None) -> list[Detections]:
+    """Run a model (ONNX, or OpenVINO IR) over a uint8 or float (N, 3, S, S) array; return NMS'd detections per image.
+
+    `runner`: one already open on that model (open_scoring_runner), reused across calls.
+    """
+    from tqdm.auto import tqdm
+
+    runner = runner or open_scoring_runner(model_path, backend)
     batch = runner.static_batch or batch
     starts = range(0, len(array), batch)
 
@@ -345,10 +353,12 @@ class Scorer:
         order = np.random.default_rng(0).permutation(n)
         dets: list[Detections | None] = [None] * n
         done = 0
+        runner = open_scoring_runner(path, self.backend)  # compiled once for every look
         for frac in STOP_LOOKS + (1.0,):
             k = n if frac == 1.0 else int(n * frac)
             chunk = np.sort(order[done:k])
-            part = predict(path, self.array[chunk], desc=f"score {label} ({k} of {n} images)", backend=self.backend)
+            part = predict(path, self.array[chunk], desc=f"score {label} ({k} of {n} images)", backend=self.backend,
+                           runner=runner)
             dets = list(dets)  # a new list per look: matched rows are kept per list
             for i, d in zip(chunk, part):
                 dets[i] = d
