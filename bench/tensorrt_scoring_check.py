@@ -104,6 +104,7 @@ def main() -> int:
 
     from yolo_compile import images
     from yolo_compile.evaluate import accuracy
+    from yolo_compile.evaluate import scorer as scorer_mod
     from yolo_compile.pipeline.workflow import reference_defaults
     from yolo_compile.quant.builders import Builders
     from yolo_compile.quant.graph import find_head, find_stem
@@ -138,7 +139,7 @@ def main() -> int:
     split = accuracy.read_split(data)
     imgs = images.preprocessed(split.images, int(exp["imgsz"]), base / "cache", desc="labeled images")
     names = {int(k): v for k, v in exp["class_names"].items()}
-    scorer = accuracy.Scorer(src, imgs.array, int(exp["imgsz"]), names, split=split, backend="onnxruntime")
+    scorer = scorer_mod.Scorer(src, imgs.array, int(exp["imgsz"]), names, split=split, backend="onnxruntime")
     slow_rt = registry.RUNTIMES["onnxruntime"]
     fast_rt = dataclasses.replace(slow_rt, open=lambda model, **kw: runner(model, fp32_kernels=True, **kw))
     table = []

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from yolo_compile.evaluate import accuracy
+from yolo_compile.evaluate import scorer as scorer_mod
 from yolo_compile.evaluate.detections import Detections
 from yolo_compile.errors import CompareError
 
@@ -117,7 +118,7 @@ def test_sequential_scoring_stops_a_candidate_decisively_outside_the_bar(quantiz
     paths = images.list_images(make_images(tmp_path / "imgs", 120, seed=11))
     fp32 = quantized_run / "export" / "model.onnx"
     # the tiny untrained model is confident on few drawn images: 120 frames made of those, so every one counts
-    probe = accuracy.Scorer(fp32, images.preprocessed(paths, IMGSZ, tmp_path / "probe").array, IMGSZ, {})
+    probe = scorer_mod.Scorer(fp32, images.preprocessed(paths, IMGSZ, tmp_path / "probe").array, IMGSZ, {})
     firing = [i for i, d in enumerate(probe.ref) if (d.scores >= probe.conf).any()]
     assert firing, "the tiny model detects nothing confidently on the drawn images"
     array = probe.array[(firing * 120)[:120]]
@@ -125,22 +126,22 @@ def test_sequential_scoring_stops_a_candidate_decisively_outside_the_bar(quantiz
     bad = _shifted_copy(fp32, tmp_path / "bad.onnx", 6.0)
     same = tmp_path / "same.onnx"
     same.write_bytes(fp32.read_bytes())
-    scorer = accuracy.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache")
+    scorer = scorer_mod.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache")
     assert scorer.base > 0 and len(scorer.array) == 120
 
     assert scorer.score(same, "same", bar=1.0) == 0.0 and "same" not in scorer.stopped
     drop = scorer.score(bad, "bad", bar=1.0)
     stop = scorer.stopped["bad"]
-    assert stop["images"] == 30 and stop["of"] == 120 and drop > 1.0 + accuracy.STOP_Z * stop["noise_points"]
+    assert stop["images"] == 30 and stop["of"] == 120 and drop > 1.0 + scorer_mod.STOP_Z * stop["noise_points"]
     assert sum(d is not None for d in scorer.dets["bad"]) == 30 and "stopped after 30 of 120" in stop["why"]
     assert scorer.noise("bad", "fp32") > 0  # the noise of a stopped candidate: over the images it was scored on
 
     full = scorer.finish(bad, "bad")
     assert "bad" not in scorer.stopped and all(d is not None for d in scorer.dets["bad"])
-    unbarred = accuracy.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache2")
+    unbarred = scorer_mod.Scorer(fp32, array, IMGSZ, {}, array_key=key, cache_dir=tmp_path / "cache2")
     assert unbarred.score(bad, "bad") == full > 1.0
     cached = accuracy.load_detections(accuracy.cache_entry(bad, "onnxruntime", key, tmp_path / "cache"))
     assert [len(d.scores) for d in cached] == [len(d.scores) for d in unbarred.dets["bad"]]
     # a split too small to look at a quarter of is always scored in full
-    small = accuracy.Scorer(fp32, array[:40], IMGSZ, {})
+    small = scorer_mod.Scorer(fp32, array[:40], IMGSZ, {})
     assert small.score(bad, "bad", bar=1.0) > 1.0 and not small.stopped

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import IMGSZ, make_confident_run
 from yolo_compile import fileio, images, runs
-from yolo_compile.evaluate import accuracy
+from yolo_compile.evaluate import scorer as scorer_mod
 from yolo_compile.stages import quantize
 from yolo_compile.quant import graph as qgraph, modelopt
 from yolo_compile.quant import scales
@@ -43,7 +43,7 @@ def space(confident, tmp_path_factory):
     sp = Space(src, template, raw, exclude, exp, "fp32", data, work, ("max", "entropy", "percentile-99.99"))
     arr = np.stack([images.load_tensor(p, IMGSZ) for p in images.list_images(held_out) + images.list_images(more)])
     names = {int(k): v for k, v in exp["class_names"].items()}
-    scorer = accuracy.Scorer(src, arr, IMGSZ, names)
+    scorer = scorer_mod.Scorer(src, arr, IMGSZ, names)
     files: dict[Recipe, str] = {}
     drops: dict[Recipe, float] = {}
 
