@@ -74,8 +74,8 @@ class Scorer:
         dets = list(self.dets[label])
         todo = np.array([i for i, d in enumerate(dets) if d is None], np.int64)
         if len(todo):
-            for i, d in zip(todo, predict(path, self.array[todo], desc=f"score {label} (the rest)",
-                                          backend=self.backend)):
+            for i, d in zip(todo, predict(path, self.array, desc=f"score {label} (the rest)", backend=self.backend,
+                                          index=todo)):
                 dets[i] = d
             if self.cache_dir is not None and self.array_key:
                 store_detections(cache_entry(path, self.backend, self.array_key, self.cache_dir), dets)
@@ -93,8 +93,8 @@ class Scorer:
         for frac in STOP_LOOKS + (1.0,):
             k = n if frac == 1.0 else int(n * frac)
             chunk = np.sort(order[done:k])
-            part = predict(path, self.array[chunk], desc=f"score {label} ({k} of {n} images)", backend=self.backend,
-                           runner=runner)
+            part = predict(path, self.array, desc=f"score {label} ({k} of {n} images)", backend=self.backend,
+                           runner=runner, index=chunk)
             dets = list(dets)  # a new list per look: matched rows are kept per list
             for i, d in zip(chunk, part):
                 dets[i] = d
