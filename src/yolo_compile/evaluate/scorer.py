@@ -60,14 +60,17 @@ class Scorer:
         entry = (cache_entry(path, self.backend, self.array_key, self.cache_dir)
                  if self.cache_dir is not None and self.array_key else None)
         dets = load_detections(entry) if entry is not None else None
-        if dets is None and bar is not None and n >= STOP_MIN_IMAGES:
-            dets = self._sequential(path, label, bar)
-            if dets is None:  # stopped early
-                return self.stopped[label]["drop_points"]
+        if dets is None:
+            if bar is not None and n >= STOP_MIN_IMAGES:
+                dets = self._sequential(path, label, bar)
+                if dets is None:  # stopped early
+                    return self.stopped[label]["drop_points"]
+            else:
+                dets = predict(path, self.array, desc=f"score {label}", backend=self.backend)
             if entry is not None:
                 store_detections(entry, dets)
-        self.dets[label] = dets if dets is not None else self.predict(path, label)
-        return round(self.base - self.value(self.dets[label], range(n)), 3)
+        self.dets[label] = dets
+        return round(self.base - self.value(dets, range(n)), 3)
 
     def finish(self, path: Path, label: str) -> float:
         """Score a stopped candidate on the images it skipped; return its drop on every image (and cache it)."""
